@@ -1,0 +1,1 @@
+"""Visual attention sinks in large multimodal models, on TransformerLens."""

@@ -1,0 +1,353 @@
+"""Load a large multimodal model (HF id or local folder) as a TransformerBridge.
+
+One public entry point, :func:`load_model`, returns a :class:`LoadedModel` that
+holds the bridge, the HF processor and the metadata every analysis needs. The
+supported families are declared in :data:`FAMILIES`; adding one means adding a
+:class:`FamilySpec` there and its token geometry in :mod:`analysis.tokens`.
+
+Numerics are raw HF numerics (the bridge's default): with no hooks attached the
+bridge's logits equal HF's eager logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Layout = Literal["grid", "anyres", "pooled_grid"]
+
+# The bundled synthetic demo model (built by ``python -m analysis.demo.build``).
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo" / "model"
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says why and what to do."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """The checkpoint's architecture is not one of :data:`FAMILIES`."""
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What the toolkit needs to know about one LMM family.
+
+    ``layout`` names how the family lays visual tokens out in the sequence
+    (see :mod:`analysis.tokens`): ``grid`` one patch grid per image (LLaVA-1.5),
+    ``anyres`` a base tile plus an unpadded high-resolution grid with a newline
+    token per row (LLaVA-NeXT), ``pooled_grid`` a pooled square grid between
+    begin/end-of-image tokens (Gemma 3).
+    """
+
+    name: str
+    architectures: tuple[str, ...]
+    layout: Layout
+    base_llm: str
+    notes: str = ""
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    spec.name: spec
+    for spec in (
+        FamilySpec(
+            name="llava",
+            architectures=("LlavaForConditionalGeneration",),
+            layout="grid",
+            base_llm="llama",
+            notes="LLaVA-1.5 (CLIP ViT-L/14-336 + Vicuna/LLaMA-2)",
+        ),
+        FamilySpec(
+            name="llava_next",
+            architectures=("LlavaNextForConditionalGeneration",),
+            layout="anyres",
+            base_llm="llama/mistral",
+            notes="LLaVA-NeXT / LLaVA-1.6 (anyres tiles + image_newline)",
+        ),
+        FamilySpec(
+            name="gemma3",
+            architectures=("Gemma3ForConditionalGeneration",),
+            layout="pooled_grid",
+            base_llm="gemma3",
+            notes="Gemma 3 (SigLIP + pooled 2D grid, bidirectional attention among image tokens)",
+        ),
+    )
+}
+
+
+def supported_architectures() -> list[str]:
+    """HF architecture class names that :func:`load_model` accepts."""
+    return [arch for spec in FAMILIES.values() for arch in spec.architectures]
+
+
+def family_for_architecture(architecture: str) -> FamilySpec:
+    for spec in FAMILIES.values():
+        if architecture in spec.architectures:
+            return spec
+    raise UnsupportedModelError(
+        f"Architecture {architecture!r} is not supported. Supported architectures: "
+        + ", ".join(supported_architectures())
+        + ". (Qwen2-VL/Qwen2.5-VL need torchvision for their processor and are not "
+        "supported by this release.)"
+    )
+
+
+@dataclass
+class LoadedModel:
+    """A bridged LMM plus the metadata the analyses read.
+
+    Attributes mirror the language model's shape (``n_layers``, ``n_heads``,
+    ``d_model``, ``d_head``) because every analysis here is about the LLM's
+    residual stream and attention, not the vision tower.
+    """
+
+    bridge: Any
+    processor: Any
+    family: FamilySpec
+    name_or_path: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    image_token_id: int
+    bos_token_id: int | None
+    pad_token_id: int | None
+    eos_token_ids: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    revision: str | None = None
+    is_local: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hf_model(self) -> Any:
+        """The wrapped HF model; bridge components sit inside it, so hooks fire in its forward."""
+        return self.bridge.original_model
+
+    @property
+    def config(self) -> Any:
+        return self.hf_model.config
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def architecture(self) -> str:
+        return self.config.architectures[0]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary, stored with every result for provenance."""
+        return {
+            "name_or_path": self.name_or_path,
+            "revision": self.revision,
+            "family": self.family.name,
+            "architecture": self.architecture,
+            "base_llm": self.family.base_llm,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "d_model": self.d_model,
+            "d_head": self.d_head,
+            "image_token_id": self.image_token_id,
+            "bos_token_id": self.bos_token_id,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+        }
+
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """float32 by default (raw numerics); strings like ``bf16`` or ``float16`` accepted."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))}.")
+    return _DTYPES[key]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``cuda`` when available unless told otherwise; a missing CUDA is a clear error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available on this machine.")
+    return dev
+
+
+def _is_local(name_or_path: str | os.PathLike[str]) -> bool:
+    return Path(name_or_path).expanduser().exists()
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Silence transformers' load chatter (weight progress bars, PIL fallback notices)."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torchvision.*")
+            warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")
+            yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if progress:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load an LMM as a TransformerBridge with its processor.
+
+    Args:
+        name_or_path: HF hub id (``llava-hf/llava-1.5-7b-hf``) or a local folder
+            written by ``save_pretrained``. A local folder never touches the network.
+        device: ``cpu``/``cuda``/``cuda:1``; defaults to CUDA when available.
+            Mutually exclusive with ``device_map``.
+        dtype: model dtype (``float32`` default, ``bfloat16``/``float16`` for big models on GPU).
+        device_map: HF/accelerate device map (e.g. ``"auto"``) for models too big for one GPU.
+        trust_remote_code: forwarded to HF loaders.
+        revision: hub revision (branch, tag or commit) for reproducible loads.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    name = str(name_or_path)
+    is_local = _is_local(name)
+    if is_local:
+        name = str(Path(name).expanduser().resolve())
+        if not (Path(name) / "config.json").is_file():
+            raise ModelLoadError(
+                f"{name} exists but has no config.json: point at a folder written by "
+                "`save_pretrained` (model + processor)."
+            )
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"No such local model folder: {name}")
+    if device_map is not None and device is not None:
+        raise ValueError("Pass either device or device_map, not both.")
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device) if device_map is None else None
+    hub_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if is_local:
+        hub_kwargs["local_files_only"] = True
+    elif revision is not None:
+        hub_kwargs["revision"] = revision
+
+    try:
+        config = AutoConfig.from_pretrained(name, **hub_kwargs)
+    except (OSError, ValueError) as err:
+        hint = (
+            "the folder's config.json could not be read"
+            if is_local
+            else "it is not a local folder and the hub id could not be resolved "
+            "(offline, misspelled, gated, or private?)"
+        )
+        raise ModelLoadError(f"Cannot load {name!r}: {hint}. Cause: {err}") from err
+    architecture = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+    family = family_for_architecture(architecture)
+
+    with _quiet():
+        try:
+            processor = AutoProcessor.from_pretrained(name, **hub_kwargs)
+        except (OSError, ValueError, ImportError) as err:
+            raise ModelLoadError(
+                f"Cannot load the processor of {name!r} (image processor + tokenizer "
+                f"+ chat template are all needed). Cause: {err}"
+            ) from err
+        model_kwargs = dict(hub_kwargs, dtype=torch_dtype, attn_implementation="eager")
+        if device_map is not None:
+            model_kwargs["device_map"] = device_map
+        try:
+            hf_model = AutoModelForImageTextToText.from_pretrained(name, **model_kwargs)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"Cannot load the weights of {name!r}. Cause: {err}") from err
+        hf_model.eval()
+        if device_map is None:
+            hf_model.to(torch_device)
+        bridge = TransformerBridge.boot_transformers(
+            name,
+            hf_model=hf_model,
+            tokenizer=processor.tokenizer,
+            dtype=torch_dtype,
+            trust_remote_code=trust_remote_code,
+        )
+    bridge.eval()
+    bridge.processor = processor
+    return _describe_loaded(bridge, processor, family, name, revision, is_local, torch_dtype)
+
+
+def _describe_loaded(
+    bridge: Any,
+    processor: Any,
+    family: FamilySpec,
+    name: str,
+    revision: str | None,
+    is_local: bool,
+    dtype: torch.dtype,
+) -> LoadedModel:
+    config = bridge.original_model.config
+    text_config = config.get_text_config()
+    tokenizer = processor.tokenizer
+    image_token_id = getattr(config, "image_token_id", None)
+    if image_token_id is None:
+        image_token_id = getattr(config, "image_token_index", None)
+    if image_token_id is None:
+        raise ModelLoadError(f"{name}: the config names no image token id (image_token_id).")
+    n_heads = int(text_config.num_attention_heads)
+    d_model = int(text_config.hidden_size)
+    eos = getattr(text_config, "eos_token_id", None) or tokenizer.eos_token_id
+    eos_ids = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
+    return LoadedModel(
+        bridge=bridge,
+        processor=processor,
+        family=family,
+        name_or_path=name,
+        n_layers=int(text_config.num_hidden_layers),
+        n_heads=n_heads,
+        n_kv_heads=int(getattr(text_config, "num_key_value_heads", None) or n_heads),
+        d_model=d_model,
+        d_head=int(getattr(text_config, "head_dim", None) or d_model // n_heads),
+        image_token_id=int(image_token_id),
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids=tuple(int(e) for e in eos_ids),
+        dtype=dtype,
+        device=next(bridge.original_model.parameters()).device,
+        revision=revision,
+        is_local=is_local,
+    )

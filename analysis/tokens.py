@@ -1,0 +1,528 @@
+"""Model inputs and image-token geometry.
+
+:func:`build_inputs` turns (images, prompt) pairs into model tensors with the
+model's own processor and chat template, and returns, aligned with the token
+sequence, which positions are visual, which are text, which text positions are
+queries after the image, and for every visual token its image index, tile, row,
+column and whether it is a separator (LLaVA-NeXT's ``image_newline``).
+
+Nothing here hard-codes a token count or id: counts are derived from the
+config and the processor's image sizes, then checked against the visual
+positions actually present in ``input_ids``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int
+from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from analysis.loading import LoadedModel
+
+ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
+
+
+class ImageError(ValueError):
+    """An image could not be read or is unusable; the message says which and why."""
+
+
+class GeometryError(RuntimeError):
+    """The visual tokens in the sequence do not match the geometry the config implies."""
+
+
+# --------------------------------------------------------------------------- images
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """Read an image from a path, PIL image or array and return it as RGB.
+
+    Grayscale, palette, 16-bit and RGBA images are converted (alpha is
+    composited on white, as a viewer would show it). Missing, corrupt or
+    zero-size images raise :class:`ImageError`.
+    """
+    if isinstance(image, str | os.PathLike):
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise ImageError(f"Image file not found: {path}")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                pil = opened.copy()
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise ImageError(f"Cannot decode image {path}: {err}") from err
+        return _to_rgb(pil, str(path))
+    if isinstance(image, Image.Image):
+        return _to_rgb(image, "PIL image")
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        return _to_rgb(_array_to_pil(image), "array")
+    raise ImageError(f"Unsupported image type {type(image).__name__}; pass a path, PIL or array.")
+
+
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels-first tensors
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageError(f"Array image must be HxW, HxWx3 or HxWx4, got shape {array.shape}.")
+    if array.size == 0:
+        raise ImageError(f"Array image is empty (shape {array.shape}).")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageError("Array image contains NaN or inf.")
+        if array.min() < 0 or array.max() > 1:
+            raise ImageError("Float array images must hold values in [0, 1].")
+        array = (array * 255).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ImageError(f"Array image dtype must be uint8 or float in [0, 1], got {array.dtype}.")
+    return Image.fromarray(array)
+
+
+def _to_rgb(pil: Image.Image, what: str) -> Image.Image:
+    if pil.width == 0 or pil.height == 0:
+        raise ImageError(f"{what} has zero size ({pil.width}x{pil.height}).")
+    if pil.mode == "RGB":
+        return pil
+    if pil.mode in ("RGBA", "LA", "PA") or (pil.mode == "P" and "transparency" in pil.info):
+        rgba = pil.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if pil.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(pil, dtype=np.float64)
+        span = float(array.max() - array.min()) or 1.0
+        return Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8)).convert("RGB")
+    return pil.convert("RGB")
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """One rectangular patch grid of one image (LLaVA-NeXT has two per image).
+
+    ``extent`` is the (x0, y0, x1, y1) box, in original-image pixels, that the
+    grid covers, so per-token values can be drawn over the image.
+    """
+
+    image: int
+    tile: int
+    name: str
+    rows: int
+    cols: int
+    extent: tuple[float, float, float, float]
+    has_separator_column: bool = False
+
+
+@dataclass
+class VisualGeometry:
+    """Per-visual-token geometry of one sample, aligned with ``positions``."""
+
+    positions: Int[torch.Tensor, " vis"]
+    image: Int[torch.Tensor, " vis"]
+    tile: Int[torch.Tensor, " vis"]
+    row: Int[torch.Tensor, " vis"]
+    col: Int[torch.Tensor, " vis"]
+    separator: Bool[torch.Tensor, " vis"]
+    grids: list[GridSpec]
+
+    @property
+    def n_visual(self) -> int:
+        return int(self.positions.numel())
+
+    def grid(self, image: int = 0, tile: int | None = None) -> GridSpec:
+        """The grid of ``image``; by default the highest-resolution tile (NeXT: the anyres grid)."""
+        grids = [g for g in self.grids if g.image == image]
+        if not grids:
+            raise IndexError(f"No image {image} in this sample ({len(self.image_sizes())} images).")
+        if tile is None:
+            return max(grids, key=lambda g: g.rows * g.cols)
+        for g in grids:
+            if g.tile == tile:
+                return g
+        raise IndexError(f"Image {image} has no tile {tile}; tiles: {[g.tile for g in grids]}.")
+
+    def image_sizes(self) -> list[int]:
+        return sorted({g.image for g in self.grids})
+
+    def to_grid(
+        self, values: Float[torch.Tensor, " vis"], image: int = 0, tile: int | None = None
+    ) -> Float[torch.Tensor, "row col"]:
+        """Scatter per-visual-token values onto the image grid (NaN where no token)."""
+        if values.shape[-1] != self.n_visual:
+            raise ValueError(
+                f"Expected {self.n_visual} per-visual-token values, got {values.shape}."
+            )
+        spec = self.grid(image, tile)
+        out = torch.full((spec.rows, spec.cols), float("nan"), dtype=torch.float32)
+        sel = (self.image == image) & (self.tile == spec.tile) & ~self.separator
+        out[self.row[sel], self.col[sel]] = values[sel].detach().float().cpu()
+        return out
+
+
+@dataclass
+class TokenLayout:
+    """Where everything is in one sample's token sequence (padding included)."""
+
+    input_ids: Int[torch.Tensor, " pos"]
+    attention_mask: Bool[torch.Tensor, " pos"]
+    visual: Bool[torch.Tensor, " pos"]
+    text: Bool[torch.Tensor, " pos"]
+    queries: Bool[torch.Tensor, " pos"]
+    bos_position: int | None
+    geometry: VisualGeometry
+    tokens: list[str]
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.input_ids.numel())
+
+    @property
+    def first_position(self) -> int:
+        """First non-pad position (left padding shifts everything right)."""
+        return int(self.attention_mask.int().argmax())
+
+
+@dataclass
+class ModelInputs:
+    """A batch of model inputs plus one :class:`TokenLayout` per sample."""
+
+    tensors: dict[str, torch.Tensor]
+    layouts: list[TokenLayout]
+    prompts: list[str]
+    image_sizes: list[list[tuple[int, int]]] = field(default_factory=list)
+
+    @property
+    def input_ids(self) -> Int[torch.Tensor, "batch pos"]:
+        return self.tensors["input_ids"]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def stack(self, name: str) -> Bool[torch.Tensor, "batch pos"]:
+        """Stack a per-sample boolean mask (``visual``, ``text``, ``queries``, ``attention_mask``)."""
+        return torch.stack([getattr(layout, name) for layout in self.layouts])
+
+    @property
+    def visual(self) -> Bool[torch.Tensor, "batch pos"]:
+        return self.stack("visual")
+
+    @property
+    def text(self) -> Bool[torch.Tensor, "batch pos"]:
+        return self.stack("text")
+
+    @property
+    def queries(self) -> Bool[torch.Tensor, "batch pos"]:
+        return self.stack("queries")
+
+    def forward_kwargs(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """Everything but ``input_ids``, moved to ``device``, for ``bridge(input_ids, **kw)``."""
+        out = {}
+        for key, value in self.tensors.items():
+            if key == "input_ids":
+                continue
+            out[key] = value.to(device) if device is not None else value
+        return out
+
+    def select(self, index: int) -> ModelInputs:
+        """Sample ``index`` as a batch of one with its padding stripped (reference runs)."""
+        layout = self.layouts[index]
+        start = layout.first_position
+        counts = [len(sizes) for sizes in self.image_sizes]
+        first, n_images = sum(counts[:index]), counts[index]
+        tensors: dict[str, torch.Tensor] = {}
+        for key, value in self.tensors.items():
+            if key in _PER_IMAGE_TENSORS:
+                tensors[key] = value[first : first + n_images]
+            elif value.shape[:2] == self.input_ids.shape:
+                tensors[key] = value[index : index + 1, start:]
+            else:
+                raise ValueError(
+                    f"Cannot split input tensor {key!r} of shape {tuple(value.shape)}."
+                )
+        shifted = TokenLayout(
+            input_ids=layout.input_ids[start:],
+            attention_mask=layout.attention_mask[start:],
+            visual=layout.visual[start:],
+            text=layout.text[start:],
+            queries=layout.queries[start:],
+            bos_position=None if layout.bos_position is None else layout.bos_position - start,
+            geometry=_shift_geometry(layout.geometry, -start),
+            tokens=layout.tokens[start:],
+        )
+        return ModelInputs(tensors, [shifted], [self.prompts[index]], [self.image_sizes[index]])
+
+
+# Tensors with one entry per image (not per sample): split by image counts.
+_PER_IMAGE_TENSORS = frozenset({"pixel_values", "image_sizes"})
+
+
+def _shift_geometry(geometry: VisualGeometry, offset: int) -> VisualGeometry:
+    return VisualGeometry(
+        positions=geometry.positions + offset,
+        image=geometry.image,
+        tile=geometry.tile,
+        row=geometry.row,
+        col=geometry.col,
+        separator=geometry.separator,
+        grids=geometry.grids,
+    )
+
+
+# --------------------------------------------------------------------------- per family
+
+
+def _grid_tokens(spec: GridSpec, separator_col: bool = False) -> list[tuple[int, int, bool]]:
+    cols = spec.cols + (1 if separator_col else 0)
+    return [(r, c, separator_col and c == spec.cols) for r in range(spec.rows) for c in range(cols)]
+
+
+def _llava_image_tokens(
+    model: LoadedModel, image_index: int, size: tuple[int, int]
+) -> tuple[list[GridSpec], list[tuple[int, int, int, bool]]]:
+    config = model.config
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    height, width = size
+    # CLIP processors resize the shortest edge then centre-crop a square.
+    crop = min(height, width)
+    x0, y0 = (width - crop) / 2, (height - crop) / 2
+    spec = GridSpec(image_index, 0, "grid", side, side, (x0, y0, x0 + crop, y0 + crop))
+    tokens: list[tuple[int, int, int, bool]] = []
+    if getattr(config, "vision_feature_select_strategy", "default") == "full":
+        tokens.append((0, -1, -1, True))  # the CLS token: visual but not spatial
+    tokens += [(0, r, c, sep) for r, c, sep in _grid_tokens(spec)]
+    return [spec], tokens
+
+
+def _llava_next_image_tokens(
+    model: LoadedModel, image_index: int, size: tuple[int, int]
+) -> tuple[list[GridSpec], list[tuple[int, int, int, bool]]]:
+    from transformers.models.llava_next.modeling_llava_next import (
+        get_anyres_image_grid_shape,
+        unpad_image,
+    )
+
+    config = model.config
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    height, width = size
+    extent = (0.0, 0.0, float(width), float(height))
+    base = GridSpec(image_index, 0, "base", side, side, extent)
+    tiles_h, tiles_w = get_anyres_image_grid_shape(
+        (height, width), config.image_grid_pinpoints, vision.image_size
+    )
+    # Reuse HF's own unpadding on a dummy tensor so the shape matches the model exactly.
+    dummy = torch.zeros(1, tiles_h * side, tiles_w * side)
+    rows, cols = unpad_image(dummy, torch.tensor([height, width])).shape[1:]
+    has_newline = getattr(model.hf_model.model, "image_newline", None) is not None
+    hires = GridSpec(image_index, 1, "anyres", int(rows), int(cols), extent, has_newline)
+    tokens = [(0, r, c, sep) for r, c, sep in _grid_tokens(base)]
+    tokens += [(1, r, c, sep) for r, c, sep in _grid_tokens(hires, separator_col=has_newline)]
+    return [base, hires], tokens
+
+
+def _gemma3_image_tokens(
+    model: LoadedModel, image_index: int, size: tuple[int, int]
+) -> tuple[list[GridSpec], list[tuple[int, int, int, bool]]]:
+    per_image = int(model.config.mm_tokens_per_image)
+    side = int(round(per_image**0.5))
+    if side * side != per_image:
+        raise GeometryError(f"mm_tokens_per_image={per_image} is not a square grid.")
+    height, width = size
+    spec = GridSpec(image_index, 0, "grid", side, side, (0.0, 0.0, float(width), float(height)))
+    return [spec], [(0, r, c, sep) for r, c, sep in _grid_tokens(spec)]
+
+
+_GEOMETRY = {
+    "grid": _llava_image_tokens,
+    "anyres": _llava_next_image_tokens,
+    "pooled_grid": _gemma3_image_tokens,
+}
+
+
+def visual_geometry(
+    model: LoadedModel,
+    input_ids: Int[torch.Tensor, " pos"],
+    image_sizes: list[tuple[int, int]],
+) -> VisualGeometry:
+    """Geometry of every visual token of one sample, checked against ``input_ids``.
+
+    ``image_sizes`` are the original (height, width) of the sample's images in
+    prompt order.
+    """
+    positions = (input_ids == model.image_token_id).nonzero().flatten()
+    builder = _GEOMETRY[model.family.layout]
+    grids: list[GridSpec] = []
+    rows: list[tuple[int, int, int, int, bool]] = []
+    for index, size in enumerate(image_sizes):
+        specs, tokens = builder(model, index, size)
+        grids += specs
+        rows += [(index, tile, r, c, sep) for tile, r, c, sep in tokens]
+    if len(rows) != positions.numel():
+        raise GeometryError(
+            f"{model.family.name}: the config implies {len(rows)} visual tokens for images of "
+            f"sizes {image_sizes}, but input_ids holds {positions.numel()} image tokens "
+            f"(id {model.image_token_id}). Is the prompt's image placeholder count right?"
+        )
+    table = torch.tensor([r[:4] for r in rows], dtype=torch.long).reshape(-1, 4)
+    return VisualGeometry(
+        positions=positions,
+        image=table[:, 0],
+        tile=table[:, 1],
+        row=table[:, 2],
+        col=table[:, 3],
+        separator=torch.tensor([r[4] for r in rows], dtype=torch.bool),
+        grids=grids,
+    )
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def format_prompt(model: LoadedModel, prompt: str, n_images: int) -> str:
+    """Wrap ``prompt`` in the model's chat template with ``n_images`` image slots first.
+
+    A prompt that already contains the processor's image placeholder is used
+    verbatim, so users can pass fully formatted prompts.
+    """
+    image_token = getattr(model.processor, "image_token", None) or "<image>"
+    boi = getattr(model.processor, "boi_token", None)
+    if image_token in prompt or (boi and boi in prompt):
+        return prompt
+    content: list[dict[str, str]] = [{"type": "image"} for _ in range(n_images)]
+    content.append({"type": "text", "text": prompt})
+    messages = [{"role": "user", "content": content}]
+    if getattr(model.processor, "chat_template", None) is None:
+        raise ValueError(
+            f"{model.name_or_path} has no chat template; pass a prompt that already contains "
+            f"the image placeholder {image_token!r}."
+        )
+    return model.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def build_inputs(
+    model: LoadedModel,
+    images: ImageLike | list[ImageLike],
+    prompt: str,
+    *,
+    device: torch.device | str | None = None,
+) -> ModelInputs:
+    """Inputs for one sample: one or more images and a prompt."""
+    image_list = images if isinstance(images, list | tuple) else [images]
+    return build_batch(model, [(list(image_list), prompt)], device=device)
+
+
+def build_batch(
+    model: LoadedModel,
+    samples: list[tuple[ImageLike | list[ImageLike], str]],
+    *,
+    device: torch.device | str | None = None,
+) -> ModelInputs:
+    """Inputs for several samples, left-padded so generation continues every row."""
+    if not samples:
+        raise ValueError("build_batch needs at least one (images, prompt) sample.")
+    pil_lists: list[list[Image.Image]] = []
+    prompts: list[str] = []
+    for images, prompt in samples:
+        image_list = list(images) if isinstance(images, list | tuple) else [images]
+        if not image_list:
+            raise ValueError("Every sample needs at least one image.")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("Every sample needs a non-empty text prompt.")
+        pil_lists.append([load_image(img) for img in image_list])
+        prompts.append(format_prompt(model, prompt, len(image_list)))
+    processor = model.processor
+    tokenizer = processor.tokenizer
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        encoded = processor(
+            images=pil_lists if model.family.layout == "pooled_grid" else _flatten(pil_lists),
+            text=prompts,
+            padding=True,
+            return_tensors="pt",
+        )
+    finally:
+        tokenizer.padding_side = previous_side
+    tensors = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
+    sizes = [[(img.height, img.width) for img in images] for images in pil_lists]
+    layouts = [
+        _layout(model, tensors["input_ids"][i], tensors["attention_mask"][i], sizes[i])
+        for i in range(len(prompts))
+    ]
+    if device is not None:
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    if model.dtype != torch.float32 and "pixel_values" in tensors:
+        tensors["pixel_values"] = tensors["pixel_values"].to(model.dtype)
+    return ModelInputs(tensors, layouts, prompts, sizes)
+
+
+def _flatten(nested: list[list[Image.Image]]) -> list[Image.Image]:
+    return [img for images in nested for img in images]
+
+
+def _layout(
+    model: LoadedModel,
+    input_ids: Int[torch.Tensor, " pos"],
+    attention_mask: Int[torch.Tensor, " pos"],
+    image_sizes: list[tuple[int, int]],
+) -> TokenLayout:
+    input_ids = input_ids.cpu()
+    mask = attention_mask.cpu().bool()
+    geometry = visual_geometry(model, input_ids, image_sizes)
+    visual = torch.zeros_like(mask)
+    visual[geometry.positions] = True
+    text = mask & ~visual
+    queries = text.clone()
+    if geometry.n_visual:
+        queries[: int(geometry.positions.max()) + 1] = False
+    first = int(mask.int().argmax())
+    bos = model.bos_token_id
+    bos_position = first if bos is not None and int(input_ids[first]) == bos else None
+    return TokenLayout(
+        input_ids=input_ids,
+        attention_mask=mask,
+        visual=visual,
+        text=text,
+        queries=queries,
+        bos_position=bos_position,
+        geometry=geometry,
+        tokens=model.tokenizer.convert_ids_to_tokens(input_ids.tolist()),
+    )
+
+
+def describe_layout(layout: TokenLayout) -> dict[str, Any]:
+    """Summary of a sample's token layout (for ``vsink info`` and result files)."""
+    geometry = layout.geometry
+    return {
+        "n_positions": int(layout.attention_mask.sum()),
+        "n_visual": geometry.n_visual,
+        "n_separators": int(geometry.separator.sum()),
+        "n_text": int(layout.text.sum()),
+        "n_queries_after_image": int(layout.queries.sum()),
+        "bos_position": layout.bos_position,
+        "first_visual_position": int(geometry.positions.min()) if geometry.n_visual else None,
+        "last_visual_position": int(geometry.positions.max()) if geometry.n_visual else None,
+        "grids": [
+            {
+                "image": g.image,
+                "tile": g.tile,
+                "name": g.name,
+                "rows": g.rows,
+                "cols": g.cols,
+                "newline_column": g.has_separator_column,
+            }
+            for g in geometry.grids
+        ],
+    }

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny random models of every family, saved and loaded back.
+
+Everything runs offline: a hub look-up that times out costs about a minute.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from analysis.loading import LoadedModel, load_model
+from analysis.tiny import BUILDERS, build_tiny_model
+
+FAMILIES = sorted(BUILDERS)
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {family: str(build_tiny_model(family, root / family)) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_dirs: dict[str, str]) -> dict[str, LoadedModel]:
+    return {family: load_model(path, device="cpu") for family, path in tiny_dirs.items()}
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny(tiny_models: dict[str, LoadedModel], family: str) -> LoadedModel:
+    return tiny_models[family]
+
+
+def make_image(height: int = 30, width: int = 50, seed: int = 0) -> Image.Image:
+    """A random RGB image (real pixels through the real processor)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    return make_image()
