@@ -336,7 +336,7 @@ def _gemma3_image_tokens(
     model: LoadedModel, image_index: int, size: tuple[int, int]
 ) -> tuple[list[GridSpec], list[tuple[int, int, int, bool]]]:
     per_image = int(model.config.mm_tokens_per_image)
-    side = int(round(per_image**0.5))
+    side = round(per_image**0.5)
     if side * side != per_image:
         raise GeometryError(f"mm_tokens_per_image={per_image} is not a square grid.")
     height, width = size

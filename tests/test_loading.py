@@ -114,7 +114,7 @@ def test_missing_local_folder_is_clear():
 
 
 def test_folder_without_config_is_clear(tmp_path):
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_model(tmp_path, device="cpu")
 
 

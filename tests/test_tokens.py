@@ -28,7 +28,8 @@ def test_llava_grid(tiny_models):
     last = int(geometry.positions.max())
     assert layout.queries[: last + 1].sum() == 0
     assert torch.equal(layout.queries[last + 1 :], layout.text[last + 1 :])
-    assert layout.bos_position == 0 and layout.tokens[0] == "<s>"
+    assert layout.bos_position == 0
+    assert layout.tokens[0] == "<s>"
 
 
 @pytest.mark.parametrize(("height", "width"), [(30, 50), (50, 30), (28, 28), (60, 20)])
@@ -62,14 +63,16 @@ def test_gemma3_grid(tiny_models):
     assert geometry.n_visual == model.config.mm_tokens_per_image
     tokens = inputs.layouts[0].tokens
     first, last = int(geometry.positions.min()), int(geometry.positions.max())
-    assert tokens[first - 1] == "<start_of_image>" and tokens[last + 1] == "<end_of_image>"
+    assert tokens[first - 1] == "<start_of_image>"
+    assert tokens[last + 1] == "<end_of_image>"
 
 
 def test_two_images_get_their_own_index(tiny):
     inputs = build_inputs(tiny, [make_image(seed=1), make_image(40, 40, seed=2)], "describe")
     geometry = inputs.layouts[0].geometry
     counts = torch.bincount(geometry.image)
-    assert counts.numel() == 2 and counts.sum() == geometry.n_visual
+    assert counts.numel() == 2
+    assert counts.sum() == geometry.n_visual
     # Image 0's tokens all come before image 1's.
     assert (
         geometry.positions[geometry.image == 0].max()
@@ -96,7 +99,8 @@ def test_left_padding_layouts(tiny):
         tiny, [(make_image(), "describe"), (make_image(), "is there a red object in the image ?")]
     )
     short, long = inputs.layouts
-    assert short.first_position > 0 and long.first_position == 0
+    assert short.first_position > 0
+    assert long.first_position == 0
     assert not short.attention_mask[: short.first_position].any()
     assert short.geometry.n_visual == long.geometry.n_visual
     assert int(short.queries.sum()) < int(long.queries.sum())
@@ -114,7 +118,8 @@ def test_image_conversions(tmp_path):
     rgba = np.zeros((10, 12, 4), np.uint8)
     rgba[..., 0] = 255  # red, fully transparent -> white background
     out = np.asarray(load_image(rgba))
-    assert out.shape == (10, 12, 3) and (out == 255).all()
+    assert out.shape == (10, 12, 3)
+    assert (out == 255).all()
     floats = np.full((5, 6, 3), 0.5)
     assert np.asarray(load_image(floats))[0, 0, 0] == 128
     path = tmp_path / "x.png"
