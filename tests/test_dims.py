@@ -1,0 +1,182 @@
+"""Sink-dimension discovery and the registry."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+from conftest import make_image
+
+from analysis import hooks
+from analysis.dims import (
+    DimThresholds,
+    discover_dims,
+    layer_dim_stats,
+    load_registry,
+    massive_mask,
+    registry_entry,
+    sink_dims,
+)
+from analysis.tokens import build_batch
+
+PLANTED_DIMS = (5, 41)
+
+
+@contextlib.contextmanager
+def planted_massive_activation(model, positions_fn, layer=1, values=(600.0, -300.0)):
+    """Add massive values to PLANTED_DIMS of chosen tokens at the input of ``layer``.
+
+    The residual stream carries them to every later layer, as an early MLP does in
+    LLaMA-style models.
+    """
+
+    def plant(resid, hook):
+        resid = resid.clone()
+        for batch_index, position in positions_fn(resid.shape[0]):
+            for dim, value in zip(PLANTED_DIMS, values, strict=True):
+                resid[batch_index, position, dim] += value
+        return resid
+
+    model.bridge.add_hook(hooks.resid_pre(layer), plant)
+    try:
+        yield
+    finally:
+        model.bridge.reset_hooks()
+
+
+def _calibration(model):
+    return build_batch(
+        model,
+        [(make_image(seed=1), "is there a red object ?"), (make_image(36, 30, seed=2), "describe")],
+    )
+
+
+def test_layer_dim_stats_matches_naive():
+    torch.manual_seed(0)
+    resid = torch.randn(2, 7, 6)
+    resid[0, 1, 3] = 90.0
+    valid = torch.ones(2, 7, dtype=torch.bool)
+    valid[1, :2] = False
+    groups = torch.zeros(3, 2, 7, dtype=torch.bool)
+    groups[0, :, 0] = True
+    groups[1, :, 1:4] = True
+    groups[2, :, 4:] = True
+    groups &= valid
+    peaks, median, counts = layer_dim_stats(resid, groups, valid, min_ratio=10.0)
+    values = [
+        abs(resid[b, p, d].item())
+        for b in range(2)
+        for p in range(7)
+        for d in range(6)
+        if valid[b, p]
+    ]
+    naive_median = sorted(values)[(len(values) - 1) // 2]  # torch's lower median
+    assert median.item() == pytest.approx(naive_median)
+    for g in range(3):
+        for d in range(6):
+            naive = max(
+                [abs(resid[b, p, d].item()) for b in range(2) for p in range(7) if groups[g, b, p]]
+                or [0.0]
+            )
+            assert peaks[g, d].item() == pytest.approx(naive)
+    for d in range(6):
+        naive = sum(
+            1
+            for b in range(2)
+            for p in range(7)
+            if valid[b, p] and abs(resid[b, p, d]) >= 10 * naive_median
+        )
+        assert counts[d].item() == naive
+    assert counts[3] >= 1
+
+
+def test_massive_mask_thresholds():
+    peak = torch.tensor([[500.0, 50.0, 500.0]])
+    median = torch.tensor([1.0])
+    fraction = torch.tensor([[0.01, 0.01, 0.9]])
+    mask = massive_mask(
+        peak, median, fraction, DimThresholds(min_ratio=100, max_token_fraction=0.25)
+    )
+    assert mask.tolist() == [[True, False, False]]
+    mask = massive_mask(peak, median, fraction, DimThresholds(min_ratio=100, min_abs=1000))
+    assert not mask.any()
+
+
+def test_random_tiny_models_have_no_sink_dims(tiny):
+    result = discover_dims(tiny, _calibration(tiny), show_progress=False)
+    assert result.dims == []
+    assert result.peak.shape == (len(result.layers), 3, tiny.d_model)
+    assert torch.isfinite(result.peak).all()
+    assert torch.isfinite(result.median).all()
+    assert (result.median > 0).all()
+    assert result.layers == list(range(1, tiny.n_layers))
+    with pytest.raises(ValueError, match="No massive-activation dims"):
+        sink_dims(tiny, _calibration(tiny))
+
+
+def test_planted_dims_are_discovered(tiny):
+    inputs = _calibration(tiny)
+
+    def bos_and_two_visual(batch):
+        for index, layout in enumerate(inputs.layouts):
+            yield index, layout.bos_position
+            yield index, int(layout.geometry.positions[0])
+            yield index, int(layout.geometry.positions[-1])
+
+    with planted_massive_activation(tiny, bos_and_two_visual):
+        result = discover_dims(tiny, inputs, show_progress=False)
+    assert result.dims == sorted(PLANTED_DIMS)
+    rows = {row["dim"]: row for row in result.per_dim()}
+    assert rows[5]["score"] == 1.0
+    assert rows[5]["ratio_bos"] > 100
+    assert rows[5]["ratio_visual"] > 100
+    assert rows[5]["ratio_text"] < 100  # only BOS among text tokens carries it
+    payload = result.to_json()
+    assert payload["dims"] == [5, 41]
+    assert payload["config"]["thresholds"]["min_ratio"] == 100.0
+    assert "torch" in payload["config"]["versions"]
+
+
+def test_a_bias_dim_on_every_token_is_rejected(tiny):
+    inputs = _calibration(tiny)
+
+    def every_token(batch):
+        for index in range(batch):
+            for position in range(inputs.input_ids.shape[1]):
+                yield index, position
+
+    with planted_massive_activation(tiny, every_token):
+        result = discover_dims(tiny, inputs, show_progress=False)
+    assert result.dims == []
+
+
+def test_registry_entries():
+    entries = {e["key"]: e for e in load_registry()}
+    assert entries["llama-2-7b"]["dims"] == [1415, 2533]
+    assert entries["llama-2-13b"]["dims"] == [2100, 4743]
+    assert entries["qwen2-7b"]["dims"] == [458, 2570]
+    assert registry_entry("llava-hf/llava-1.5-7b-hf")["key"] == "llama-2-7b"
+    assert registry_entry("llava-hf/llava-v1.6-vicuna-13b-hf")["key"] == "llama-2-13b"
+    assert registry_entry("some/unknown-model") is None
+    for entry in entries.values():
+        assert all(0 <= d < entry["d_model"] for d in entry["dims"])
+
+
+def test_sink_dims_resolution(tiny_models, monkeypatch):
+    model = tiny_models["llava"]
+    assert sink_dims(model, dims=[7, 3, 7]) == [3, 7]
+    with pytest.raises(ValueError, match="in \\[0, 64\\)"):
+        sink_dims(model, dims=[64])
+    with pytest.raises(ValueError, match="not in the sink-dim registry"):
+        sink_dims(model)
+    # A registry model whose discovery disagrees warns and keeps the registry's dims.
+    fake = {"key": "fake", "dims": [1, 2], "model_ids": [model.name_or_path], "d_model": 64}
+    monkeypatch.setattr("analysis.dims.load_registry", lambda: [fake])
+    assert sink_dims(model) == [1, 2]
+    with pytest.warns(UserWarning, match="differ from the registry"):
+        assert sink_dims(model, _calibration(model)) == [1, 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sink_dims(model, dims=[9]) == [9]
