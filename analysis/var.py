@@ -1,0 +1,287 @@
+"""VAR (visual attention redistribution) as a hook intervention.
+
+The math lives in :mod:`analysis.var_math` (pure functions, re-exported here).
+:class:`VarIntervention` turns it into hooks:
+
+* at ``blocks.{l}.hook_resid_pre`` during the prefill it computes phi and the
+  sink set of layer ``l`` per sample (text sinks included), and keeps it for
+  every later decoding step (keys after the prompt are never sinks);
+* at ``blocks.{l}.attn.hook_pattern`` it redistributes attention: during the
+  prefill only in rows of text queries after the image, during decoding in
+  every new token's row.
+
+No extra forward pass is needed: layer l's input is seen before its attention.
+Every call is recorded per layer (rows eligible, rows changed, mass moved) so
+a no-op can be told from an effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from jaxtyping import Bool
+
+from analysis import hooks
+from analysis.capture import HookFn, forward
+from analysis.results import ResultMixin
+from analysis.sinks import DEFAULT_TAU, phi
+from analysis.var_math import (
+    image_attention_stats,
+    redistribute_attention,
+    redistribute_attention_with_stats,
+    redistribution_rows,
+)
+
+if TYPE_CHECKING:
+    from analysis.loading import LoadedModel
+    from analysis.tokens import ModelInputs
+
+__all__ = [
+    "VarConfig",
+    "VarIntervention",
+    "VarRecord",
+    "default_var_layers",
+    "image_attention_stats",
+    "redistribute_attention",
+    "redistribute_attention_with_stats",
+    "redistribution_rows",
+    "run_with_var",
+]
+
+
+@dataclass(frozen=True)
+class VarConfig:
+    """Settings of VAR (paper notation: ``p`` is the fraction of sink attention moved).
+
+    ``layers=None`` means the paper's default: layers 2 .. L-2 (sinks exist from
+    layer 2 on; the last layer is excluded). Rows in samples whose layer input
+    has no visual sink are left alone by the selection rule.
+    """
+
+    p: float = 0.6
+    rho: float = 0.5
+    min_image_attention: float = 0.2
+    tau: float = DEFAULT_TAU
+    layers: tuple[int, ...] | None = None
+    convention: Literal["paper", "official"] = "paper"
+
+    def __post_init__(self) -> None:
+        for name in ("p", "rho", "min_image_attention"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"VAR {name} must be in [0, 1], got {value}.")
+        if self.tau <= 0:
+            raise ValueError(f"tau must be positive, got {self.tau}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_var_layers(n_layers: int) -> list[int]:
+    """Layers 2 .. L-2: where sinks exist, without the last layer (the paper's rule)."""
+    return list(range(min(2, n_layers), max(n_layers - 1, 0)))
+
+
+@dataclass
+class VarRecord(ResultMixin):
+    """What VAR did, per layer, summed over samples and calls."""
+
+    layers: list[int]
+    prefill_rows: list[int]
+    prefill_changed: list[int]
+    prefill_mass: list[float]
+    decode_rows: list[int]
+    decode_changed: list[int]
+    decode_mass: list[float]
+    visual_sinks: list[int]
+    config: dict[str, Any] = field(default_factory=dict)
+    kind = "var_record"
+    json_fields = (
+        "layers",
+        "prefill_rows",
+        "prefill_changed",
+        "prefill_mass",
+        "decode_rows",
+        "decode_changed",
+        "decode_mass",
+        "visual_sinks",
+    )
+
+    @property
+    def total_changed(self) -> int:
+        return sum(self.prefill_changed) + sum(self.decode_changed)
+
+    @property
+    def total_mass(self) -> float:
+        return sum(self.prefill_mass) + sum(self.decode_mass)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rows_changed": self.total_changed,
+            "mass_moved": self.total_mass,
+            "noop": self.total_changed == 0,
+        }
+
+
+class VarIntervention:
+    """VAR hooks for one batch of inputs (reusable for its forward or generation).
+
+    Args:
+        model: the loaded model.
+        inputs: the prompts the hooks will see (the prefill); their visual and
+            query masks come from the token layout.
+        dims: sink dimensions (see :func:`analysis.dims.sink_dims`).
+        config: VAR settings.
+        sinks: optional explicit sink positions [batch, pos] used in every layer
+            instead of phi >= tau (ablation of the classifier, tests).
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        inputs: ModelInputs,
+        *,
+        dims: Sequence[int] | None,
+        config: VarConfig | None = None,
+        sinks: Bool[torch.Tensor, "batch pos"] | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config or VarConfig()
+        if dims is None and sinks is None:
+            raise ValueError("VAR needs sink dims (or explicit sink positions).")
+        self.dims = None if dims is None else [int(d) for d in dims]
+        layers = (
+            default_var_layers(model.n_layers)
+            if self.config.layers is None
+            else sorted({int(x) for x in self.config.layers})
+        )
+        for layer in layers:
+            if not 0 <= layer < model.n_layers:
+                raise ValueError(f"VAR layer {layer} out of range (model has {model.n_layers}).")
+        self.layers = layers
+        self.prefill_len = int(inputs.input_ids.shape[1])
+        self.visual = inputs.visual
+        self.queries = inputs.queries
+        self.valid = inputs.stack("attention_mask")
+        self.fixed_sinks = None if sinks is None else sinks.bool() & self.valid
+        self._sinks: dict[int, torch.Tensor] = {}
+        self._seen: dict[int, int] = {}
+        n = len(layers)
+        self._counts = {
+            key: [0] * n
+            for key in (
+                "prefill_rows",
+                "prefill_changed",
+                "decode_rows",
+                "decode_changed",
+                "visual_sinks",
+            )
+        }
+        self._mass = {"prefill_mass": [0.0] * n, "decode_mass": [0.0] * n}
+
+    # ------------------------------------------------------------------ hooks
+
+    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
+        out: list[tuple[str, HookFn]] = []
+        for slot, layer in enumerate(self.layers):
+            if self.fixed_sinks is None:
+                out.append((hooks.resid_pre(layer), self._sink_hook(layer)))
+            out.append((hooks.attn_pattern(layer), self._pattern_hook(layer, slot)))
+        return out
+
+    def _sink_hook(self, layer: int) -> HookFn:
+        def hook(resid: torch.Tensor, hook: Any) -> None:
+            if resid.shape[1] != self.prefill_len:
+                return  # a decoding step: keep the prefill's sinks
+            assert self.dims is not None
+            sinks = (phi(resid, self.dims) >= self.config.tau) & self.valid.to(resid.device)
+            self._sinks[layer] = sinks
+            return
+
+        return hook
+
+    def _layer_sinks(self, layer: int, device: torch.device) -> torch.Tensor:
+        if self.fixed_sinks is not None:
+            return self.fixed_sinks.to(device)
+        if layer not in self._sinks:
+            raise RuntimeError(
+                f"VAR saw layer {layer}'s attention before its prefill; run the prompt "
+                "(prefill) with these hooks first."
+            )
+        return self._sinks[layer].to(device)
+
+    def _pattern_hook(self, layer: int, slot: int) -> HookFn:
+        def hook(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
+            batch, _, n_query, n_key = pattern.shape
+            device = pattern.device
+            prefill = n_query == self.prefill_len
+            # Tokens seen so far by this layer; the keys are the most recent n_key of
+            # them (sliding-window caches keep only a window).
+            seen = n_query if prefill else self._seen.get(layer, self.prefill_len) + n_query
+            self._seen[layer] = seen
+            if n_key > seen:
+                raise RuntimeError(
+                    f"VAR hooks at layer {layer} got {n_key} keys after {seen} tokens: "
+                    "the hooks were built for another prompt."
+                )
+            window = slice(seen - n_key, seen)
+            generated = seen - self.prefill_len
+            sinks = _pad_keys(self._layer_sinks(layer, device), generated)[:, window]
+            visual = _pad_keys(self.visual.to(device), generated)[:, window]
+            if prefill:
+                queries = self.queries.to(device)
+                self._counts["visual_sinks"][slot] += int((sinks & visual).sum())
+            else:
+                queries = torch.ones(batch, n_query, dtype=torch.bool, device=device)
+            new, changed, moved = redistribute_attention_with_stats(
+                pattern,
+                visual=visual,
+                sinks=sinks,
+                queries=queries,
+                p=self.config.p,
+                rho=self.config.rho,
+                min_image_attention=self.config.min_image_attention,
+                convention=self.config.convention,
+            )
+            phase = "prefill" if prefill else "decode"
+            n_heads = pattern.shape[1]
+            self._counts[f"{phase}_rows"][slot] += int(queries.sum()) * n_heads
+            self._counts[f"{phase}_changed"][slot] += int(changed.sum())
+            self._mass[f"{phase}_mass"][slot] += float(moved.sum())
+            return new
+
+        return hook
+
+    # ------------------------------------------------------------------ records
+
+    def record(self) -> VarRecord:
+        return VarRecord(
+            layers=list(self.layers),
+            **self._counts,
+            **self._mass,
+            config={"var": self.config.to_dict(), "dims": self.dims},
+        )
+
+
+def _pad_keys(mask: torch.Tensor, pad: int) -> torch.Tensor:
+    """Extend a [batch, pos] key mask with ``pad`` False columns (generated tokens)."""
+    if pad == 0:
+        return mask
+    return torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], dim=1)
+
+
+def run_with_var(
+    model: LoadedModel,
+    inputs: ModelInputs,
+    *,
+    dims: Sequence[int] | None,
+    config: VarConfig | None = None,
+    sinks: Bool[torch.Tensor, "batch pos"] | None = None,
+) -> tuple[torch.Tensor, VarRecord]:
+    """One forward pass with VAR; returns the logits and the record of what changed."""
+    intervention = VarIntervention(model, inputs, dims=dims, config=config, sinks=sinks)
+    logits = forward(model, inputs, intervention.fwd_hooks())
+    return logits, intervention.record()
