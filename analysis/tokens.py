@@ -526,3 +526,23 @@ def describe_layout(layout: TokenLayout) -> dict[str, Any]:
             for g in geometry.grids
         ],
     }
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def collect_images(paths: list[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:
+    """Image files from files and folders (folders: sorted, by suffix), with clear errors."""
+    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    found: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ImageError(f"No such image file or folder: {path}")
+    if not found:
+        raise ImageError(f"No images found in {', '.join(str(i) for i in items)}.")
+    return found

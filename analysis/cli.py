@@ -1,0 +1,432 @@
+"""The ``vsink`` command line.
+
+Every command takes an optional MODEL (HF id or local folder; the bundled
+synthetic demo model when omitted), ``--device`` and ``--dtype``, and writes
+its results with the configuration that produced them when ``--json`` is given.
+Errors the user can fix are printed as one clear line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="vsink",
+    help="Visual attention sinks in large multimodal models: dims, sinks, heads, ablations, VAR.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(help="HF id or local folder; defaults to the bundled synthetic demo model."),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if available).")
+]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32 (default), bfloat16 or float16.")]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from analysis.loading import ModelLoadError
+    from analysis.tokens import GeometryError, ImageError
+
+    return (ModelLoadError, ImageError, GeometryError, ValueError, FileNotFoundError)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected user errors into one red line and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as err:
+            err_console.print(f"[bold red]error:[/] {err}")
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def resolve_model_path(model: str | None) -> str:
+    if model is not None:
+        return model
+    from analysis.loading import DEMO_MODEL_DIR
+
+    if not (DEMO_MODEL_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"The bundled demo model is missing at {DEMO_MODEL_DIR}; rebuild it with "
+            "`python -m analysis.demo.build` or pass a MODEL."
+        )
+    return str(DEMO_MODEL_DIR)
+
+
+def load(model: str | None, device: str | None, dtype: str | None) -> Any:
+    from analysis.loading import load_model
+
+    path = resolve_model_path(model)
+    with console.status(f"loading {path}"):
+        return load_model(path, device=device, dtype=dtype)
+
+
+def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+@friendly
+def info(
+    model: ModelArg = None,
+    image: Annotated[
+        Path | None, typer.Option(help="Image for the token layout (default: a gray 336x336).")
+    ] = None,
+    prompt: Annotated[
+        str, typer.Option(help="Prompt for the token layout.")
+    ] = "Describe the image.",
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
+) -> None:
+    """Architecture, sizes, image-token layout and known sink dims of MODEL."""
+    from PIL import Image
+
+    from analysis.dims import registry_entry
+    from analysis.tokens import build_inputs, describe_layout
+
+    loaded = load(model, device, dtype)
+    sample = image if image is not None else Image.new("RGB", (336, 336), (128, 128, 128))
+    inputs = build_inputs(loaded, sample, prompt)
+    layout = describe_layout(inputs.layouts[0])
+    known = registry_entry(loaded)
+    summary = {**loaded.describe(), "layout": layout, "registry": known}
+    table = Table(title=f"vsink info: {loaded.name_or_path}", show_header=False)
+    for key in ("family", "architecture", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head"):
+        table.add_row(key, str(summary[key]))
+    table.add_row("image token id", str(loaded.image_token_id))
+    table.add_row("BOS", f"id {loaded.bos_token_id}, position {layout['bos_position']}")
+    table.add_row(
+        "tokens (sample)",
+        f"{layout['n_positions']} total, {layout['n_visual']} visual "
+        f"({layout['n_separators']} separators), {layout['n_queries_after_image']} text queries "
+        "after the image",
+    )
+    for grid in layout["grids"]:
+        newline = " + newline column" if grid["newline_column"] else ""
+        table.add_row(
+            f"grid image {grid['image']} tile {grid['tile']}",
+            f"{grid['name']}: {grid['rows']} x {grid['cols']}{newline}",
+        )
+    table.add_row(
+        "known sink dims",
+        f"{known['dims']} ({known['key']})" if known else "not in the registry (discover them)",
+    )
+    console.print(table)
+    write_json(json_out, summary)
+
+
+ImagesOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--images", help="Image files or folders (default: the bundled demo images)."),
+]
+PromptOpt = Annotated[str, typer.Option(help="Text prompt (wrapped in the chat template).")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write results + configuration here.")]
+DimsOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated sink dims (default: registry, else discovered).")
+]
+
+
+def demo_dir() -> Path:
+    from analysis.loading import DEMO_MODEL_DIR
+
+    return DEMO_MODEL_DIR.parent
+
+
+def image_paths(images: list[Path] | None, model: str | None) -> list[Path]:
+    from analysis.tokens import collect_images
+
+    if images:
+        return collect_images(images)
+    if model is not None:
+        raise ValueError("--images is required with a MODEL (the demo images suit only the demo).")
+    return collect_images(demo_dir() / "images")
+
+
+def parse_dims(dims: str | None) -> list[int] | None:
+    if dims is None:
+        return None
+    try:
+        return [int(d) for d in dims.split(",") if d.strip()]
+    except ValueError:
+        raise ValueError(f"--dims must be comma-separated integers, got {dims!r}.") from None
+
+
+def calibration(loaded: Any, paths: list[Path], prompt: str) -> list[Any]:
+    from analysis.tokens import build_inputs
+
+    return [build_inputs(loaded, path, prompt) for path in paths]
+
+
+def resolve_dims(loaded: Any, dims: str | None, batches: list[Any]) -> list[int]:
+    from analysis.dims import sink_dims
+
+    explicit = parse_dims(dims)
+    if explicit is not None:
+        return sink_dims(loaded, dims=explicit)
+    return sink_dims(loaded, batches)
+
+
+@app.command()
+@friendly
+def dims(
+    model: ModelArg = None,
+    images: ImagesOpt = None,
+    prompt: PromptOpt = "Describe the image.",
+    min_ratio: Annotated[
+        float, typer.Option(help="Peak / median ratio to count as massive.")
+    ] = 100.0,
+    min_abs: Annotated[float, typer.Option(help="Absolute floor on the peak (0 = off).")] = 0.0,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Discover massive-activation (sink) dimensions over a set of images."""
+    from analysis.dims import DimThresholds, discover_dims
+
+    loaded = load(model, device, dtype)
+    paths = image_paths(images, model)
+    batches = calibration(loaded, paths, prompt)
+    result = discover_dims(
+        loaded, batches, thresholds=DimThresholds(min_ratio=min_ratio, min_abs=min_abs)
+    )
+    table = Table(title=f"sink dims over {len(paths)} images")
+    for column in ("dim", "score", "peak/median BOS", "visual", "text"):
+        table.add_column(column)
+    for row in result.per_dim() or result.per_dim(result.top_dims(3)):
+        table.add_row(
+            str(row["dim"]),
+            f"{row['score']:.2f}",
+            f"{row['ratio_bos']:.0f}",
+            f"{row['ratio_visual']:.0f}",
+            f"{row['ratio_text']:.0f}",
+        )
+    console.print(table)
+    console.print(f"dims: {result.dims}" + ("" if result.dims else " (none is massive; top shown)"))
+    if result.registry is not None:
+        verdict = "agrees" if result.agrees_with_registry else "DISAGREES"
+        console.print(
+            f"registry ({result.registry['key']}): {result.registry['dims']} -> {verdict}"
+        )
+    payload = result.to_json()
+    payload["config"]["images"] = [str(p) for p in paths]
+    write_json(json_out, payload)
+
+
+@app.command()
+@friendly
+def sinks(
+    model: ModelArg = None,
+    image: Annotated[
+        Path | None, typer.Option(help="Image file (default: the first demo image).")
+    ] = None,
+    prompt: PromptOpt = "Describe the image.",
+    tau: Annotated[float, typer.Option(help="phi threshold for a sink token.")] = 20.0,
+    dims: DimsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_out: JsonOpt = None,
+    html: Annotated[Path | None, typer.Option(help="Write an interactive sink map here.")] = None,
+) -> None:
+    """Classify sink tokens (phi >= tau) at every layer for one image."""
+    from analysis.plots import sink_overview, write_html
+    from analysis.sinks import find_sinks
+
+    loaded = load(model, device, dtype)
+    path = image_paths([image] if image else None, model if image is None else None)[0]
+    batches = calibration(loaded, [path], prompt)
+    chosen = resolve_dims(loaded, dims, batches)
+    result = find_sinks(loaded, batches[0], dims=chosen, tau=tau)
+    summary = result.summary()
+    table = Table(title=f"sinks in {path.name} (dims {chosen}, tau {tau:g})")
+    for column in ("layer", "visual sinks", "text sinks", "BOS sink"):
+        table.add_column(column)
+    for row in summary["per_layer"]:
+        table.add_row(
+            str(row["layer"]),
+            f"{row['visual_sinks_mean']:.0f}",
+            f"{row['text_sinks_mean']:.0f}",
+            "yes" if row["bos_is_sink"] else "no",
+        )
+    console.print(table)
+    sample = summary["samples"][0]
+    console.print(
+        f"consensus (layers 2..L-1): {sample['visual_sinks_consensus']} of {sample['n_visual']} "
+        f"visual tokens are sinks; text sinks: {sample['text_sink_tokens']}"
+    )
+    payload = result.to_json()
+    payload["config"]["image"] = str(path)
+    write_json(json_out, payload)
+    if html is not None:
+        console.print(f"wrote {write_html(sink_overview(result), html)}")
+
+
+@app.command()
+@friendly
+def generate(
+    model: ModelArg = None,
+    image: Annotated[Path | None, typer.Option(help="Image file (default: a demo image).")] = None,
+    prompt: PromptOpt = "Is there a red object in the image?",
+    var: Annotated[bool, typer.Option("--var", help="Also generate with VAR.")] = False,
+    p: Annotated[float, typer.Option(help="VAR: fraction of sink attention moved.")] = 0.6,
+    rho: Annotated[float, typer.Option(help="VAR: minimum visual non-sink ratio.")] = 0.5,
+    tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
+    dims: DimsOpt = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 16,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Greedy answer for IMAGE + PROMPT; with --var, the baseline and the VAR answer."""
+    from analysis.generation import generate as run_generate
+    from analysis.results import provenance
+    from analysis.var import VarConfig, VarIntervention
+
+    loaded = load(model, device, dtype)
+    path = image_paths([image] if image else None, model if image is None else None)[0]
+    inputs = calibration(loaded, [path], prompt)[0]
+    baseline = run_generate(loaded, inputs, max_new_tokens=max_new_tokens)
+    payload: dict[str, Any] = {
+        "baseline": baseline.texts[0],
+        "config": {
+            "model": loaded.describe(),
+            "image": str(path),
+            "prompt": prompt,
+            "max_new_tokens": max_new_tokens,
+            **provenance(),
+        },
+    }
+    console.print(f"[bold]baseline:[/] {baseline.texts[0]}")
+    if var:
+        config = VarConfig(p=p, rho=rho, tau=tau)
+        chosen = resolve_dims(loaded, dims, [inputs])
+        intervention = VarIntervention(loaded, inputs, dims=chosen, config=config)
+        answer = run_generate(
+            loaded, inputs, max_new_tokens=max_new_tokens, fwd_hooks=intervention.fwd_hooks()
+        )
+        record = intervention.record()
+        console.print(f"[bold]VAR:[/]      {answer.texts[0]}")
+        console.print(
+            f"VAR changed {record.total_changed} (layer, head, query) rows, moved "
+            f"{record.total_mass:.3f} attention mass over layers {record.layers[0]}.."
+            f"{record.layers[-1]}"
+            + (
+                " [yellow](no-op: no image-centric rows with visual sinks)[/]"
+                if record.total_changed == 0
+                else ""
+            )
+        )
+        payload.update(var=answer.texts[0], var_record=record.to_json(), dims=chosen)
+        payload["config"]["var"] = config.to_dict()
+    write_json(json_out, payload)
+
+
+@app.command()
+@friendly
+def demo(
+    tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """The main job on the bundled SYNTHETIC demo model: dims found vs planted, sinks, F1."""
+    import torch
+
+    from analysis.dims import discover_dims
+    from analysis.sinks import find_sinks, validate_sinks
+
+    truth = json.loads((demo_dir() / "ground_truth.json").read_text())
+    loaded = load(None, device, None)
+    paths = image_paths(None, None)
+    prompt = "Describe the image."
+    batches = calibration(loaded, paths, prompt)
+    console.print(
+        f"[bold]Synthetic demo model[/] ({loaded.n_layers} layers, d_model {loaded.d_model}), "
+        f"{len(paths)} images: weights constructed with a planted visual attention sink."
+    )
+    found = discover_dims(loaded, batches)
+    planted = sorted(truth["sink_dims"])
+    ok = found.dims == planted
+    console.print(
+        f"sink dims: discovered {found.dims}, planted {planted} -> "
+        + ("[green]match[/]" if ok else "[red]MISMATCH[/]")
+    )
+    table = Table(title=f"visual sinks per image (tau {tau:g}, layers 2..L-1)")
+    for column in (
+        "image",
+        "visual tokens",
+        "sinks found",
+        "planted",
+        "F1 (min over layers)",
+        "BOS sink",
+    ):
+        table.add_column(column)
+    rows = []
+    for path, batch in zip(paths, batches, strict=True):
+        result = find_sinks(loaded, batch, dims=found.dims or planted, tau=tau)
+        geometry = batch.layouts[0].geometry
+        planted_cells = {tuple(cell) for cell in truth["images"][path.name]["sink_patches"]}
+        mask = torch.tensor(
+            [
+                (int(r), int(c)) in planted_cells
+                for r, c in zip(geometry.row, geometry.col, strict=True)
+            ]
+        )
+        scores = validate_sinks(result, [mask])[0]
+        f1 = min(s["f1"] for s in scores)
+        bos = bool(result.text_sinks()[0, 2:, batch.layouts[0].bos_position].all())
+        found_n = int(result.consensus()[0][geometry.positions].sum())
+        table.add_row(
+            path.name,
+            str(geometry.n_visual),
+            str(found_n),
+            str(len(planted_cells)),
+            f"{f1:.2f}",
+            "yes" if bos else "no",
+        )
+        rows.append(
+            {
+                "image": path.name,
+                "sinks_found": found_n,
+                "planted": len(planted_cells),
+                "f1_min": f1,
+                "bos_sink": bos,
+            }
+        )
+    console.print(table)
+    write_json(
+        json_out,
+        {"dims_found": found.dims, "dims_planted": planted, "images": rows, "config": found.config},
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
