@@ -1,0 +1,232 @@
+"""Head scores: image attention s and visual non-sink ratio r per (layer, head, query).
+
+For layer l, head h and text query i after the image (alpha post-softmax):
+
+    s = sum over j in I_vis of alpha_ij
+    r = sum over j in I_vis \\ I_sink of alpha_ij / s
+
+(l, h, i) is image-centric when s >= 0.2 and r >= rho. When a layer's input has
+no visual sink, r is 1 by definition, but the paper's method selects no head
+there: :class:`HeadScores` applies that rule and says so in ``rule``.
+
+The statistics are computed inside hooks as the forward runs and only
+[layer, head, query] numbers are kept, never [layer, head, query, key] patterns.
+Entry point: :func:`score_heads` (one or many batches) returns :class:`HeadScores`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Bool, Float
+
+from analysis import hooks
+from analysis.capture import forward, progress
+from analysis.results import ResultMixin, provenance
+from analysis.sinks import DEFAULT_TAU, phi
+from analysis.var_math import image_attention_stats
+
+if TYPE_CHECKING:
+    from analysis.loading import LoadedModel
+    from analysis.tokens import ModelInputs
+
+RHO_PRESETS = {"general": 0.8, "hallucination": 0.5, "vision-centric": 0.9}
+SELECTION_RULE = (
+    "image-centric when s >= min_image_attention and r >= rho, and only in layers whose "
+    "input has at least one visual sink (the paper's rule; r is 1 by definition there)"
+)
+
+
+def resolve_rho(rho: float | None = None, preset: str | None = None) -> float:
+    """rho from a number or a paper preset (general 0.8, hallucination 0.5, vision-centric 0.9)."""
+    if preset is not None:
+        if preset not in RHO_PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose from {sorted(RHO_PRESETS)}.")
+        if rho is not None and rho != RHO_PRESETS[preset]:
+            raise ValueError(
+                f"Pass either rho or preset, not both (preset {preset} means {RHO_PRESETS[preset]})."
+            )
+        return RHO_PRESETS[preset]
+    value = 0.5 if rho is None else float(rho)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"rho must be in [0, 1], got {value}.")
+    return value
+
+
+@dataclass
+class HeadScores(ResultMixin):
+    """Per sample, layer, head and query position: s, r and the image-centric flag.
+
+    ``queries`` marks the text queries after the image (other positions hold 0).
+    ``has_visual_sink`` is per sample and layer.
+    """
+
+    s: Float[torch.Tensor, "batch layer head pos"]
+    r: Float[torch.Tensor, "batch layer head pos"]
+    queries: Bool[torch.Tensor, "batch pos"]
+    has_visual_sink: Bool[torch.Tensor, "batch layer"]
+    rho: float
+    min_image_attention: float
+    rule: str = SELECTION_RULE
+    config: dict[str, Any] = field(default_factory=dict)
+    kind = "heads"
+    json_fields = ("rho", "min_image_attention", "rule")
+    tensor_fields = ("s", "r", "queries", "has_visual_sink")
+
+    @property
+    def selected(self) -> Bool[torch.Tensor, "batch layer head pos"]:
+        return (
+            (self.s >= self.min_image_attention)
+            & (self.r >= self.rho)
+            & self.queries[:, None, None, :]
+            & self.has_visual_sink[:, :, None, None]
+        )
+
+    def per_sample(self) -> dict[str, Float[torch.Tensor, "batch layer head"]]:
+        """Means over each sample's text queries: s, r, fraction of queries selected."""
+        q = self.queries[:, None, None, :].float()
+        n = q.sum(-1).clamp_min(1)
+        return {
+            "s": (self.s * q).sum(-1) / n,
+            "r": (self.r * q).sum(-1) / n,
+            "selected": (self.selected.float() * q).sum(-1) / n,
+        }
+
+    def aggregate(
+        self, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    ) -> dict[str, torch.Tensor]:
+        """Mean and spread over samples per (layer, head), with bootstrap CIs over samples."""
+        stats = self.per_sample()
+        out: dict[str, torch.Tensor] = {}
+        generator = torch.Generator().manual_seed(seed)
+        n = stats["s"].shape[0]
+        draws = torch.randint(0, n, (n_boot, n), generator=generator)
+        lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+        for name, values in stats.items():
+            out[f"{name}_mean"] = values.mean(0)
+            out[f"{name}_std"] = values.std(0, unbiased=False)
+            boot = values[draws].mean(1)  # [boot, layer, head]
+            out[f"{name}_lo"] = boot.quantile(lo_q, dim=0)
+            out[f"{name}_hi"] = boot.quantile(hi_q, dim=0)
+        return out
+
+    def ranked(self, top: int | None = None) -> list[dict[str, Any]]:
+        """Heads ordered by the fraction of queries selected, then by mean r."""
+        agg = self.aggregate(n_boot=200)
+        n_layers, n_heads = agg["s_mean"].shape
+        rows = [
+            {
+                "layer": layer,
+                "head": head,
+                **{k: float(v[layer, head]) for k, v in agg.items()},
+            }
+            for layer in range(n_layers)
+            for head in range(n_heads)
+        ]
+        rows.sort(key=lambda row: (-row["selected_mean"], -row["r_mean"]))
+        return [row for row in rows if row["selected_mean"] > 0] if top is None else rows[:top]
+
+    def image_centric_heads(self, min_fraction: float = 0.5) -> list[tuple[int, int]]:
+        """(layer, head) pairs selected for at least ``min_fraction`` of text queries on average."""
+        frac = self.per_sample()["selected"].mean(0)
+        return [(int(l_), int(h)) for l_, h in torch.nonzero(frac >= min_fraction).tolist()]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "n_samples": int(self.s.shape[0]),
+            "image_centric_heads": self.image_centric_heads(),
+            "ranked": self.ranked()[:20],
+        }
+
+    def to_csv(self, path: str) -> None:
+        import csv
+
+        rows = self.ranked(top=10**9)
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def score_heads(
+    model: LoadedModel,
+    inputs: ModelInputs | Sequence[ModelInputs],
+    *,
+    dims: Sequence[int],
+    tau: float = DEFAULT_TAU,
+    rho: float | None = None,
+    preset: str | None = None,
+    min_image_attention: float = 0.2,
+    show_progress: bool = True,
+) -> HeadScores:
+    """s and r for every layer, head and text query, over one or several batches."""
+    rho_value = resolve_rho(rho, preset)
+    batches = [inputs] if not isinstance(inputs, Sequence) else list(inputs)
+    n_pos = max(b.input_ids.shape[1] for b in batches)
+    s_all, r_all, q_all, sink_all = [], [], [], []
+    for batch in progress(batches, len(batches), "heads", show_progress):
+        s_out, r_out, has_sink = _score_batch(model, batch, dims, tau)
+        length = batch.input_ids.shape[1]
+        pad = n_pos - length  # left-pad batches of different lengths to a common width
+        s_all.append(torch.nn.functional.pad(s_out, (pad, 0)))
+        r_all.append(torch.nn.functional.pad(r_out, (pad, 0)))
+        q_all.append(torch.nn.functional.pad(batch.queries, (pad, 0)))
+        sink_all.append(has_sink)
+    return HeadScores(
+        s=torch.cat(s_all),
+        r=torch.cat(r_all),
+        queries=torch.cat(q_all),
+        has_visual_sink=torch.cat(sink_all),
+        rho=rho_value,
+        min_image_attention=min_image_attention,
+        config={
+            "model": model.describe(),
+            "dims": [int(d) for d in dims],
+            "tau": tau,
+            "rho": rho_value,
+            "preset": preset,
+            "min_image_attention": min_image_attention,
+            "n_samples": sum(b.batch_size for b in batches),
+            **provenance(),
+        },
+    )
+
+
+def _score_batch(
+    model: LoadedModel, batch: ModelInputs, dims: Sequence[int], tau: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward: sinks at each layer input, then s and r from that layer's pattern."""
+    visual = batch.visual
+    valid = batch.stack("attention_mask")
+    size, length = batch.input_ids.shape
+    s_out = torch.zeros(size, model.n_layers, model.n_heads, length)
+    r_out = torch.zeros_like(s_out)
+    has_sink = torch.zeros(size, model.n_layers, dtype=torch.bool)
+    sinks: dict[int, torch.Tensor] = {}
+
+    def on_resid(resid: torch.Tensor, hook: Any, layer: int) -> None:
+        device = resid.device
+        sinks[layer] = (phi(resid, dims) >= tau) & valid.to(device) & visual.to(device)
+
+    def on_pattern(pattern: torch.Tensor, hook: Any, layer: int) -> None:
+        s, r = image_attention_stats(pattern, visual=visual.to(pattern.device), sinks=sinks[layer])
+        s_out[:, layer] = s.cpu()
+        r_out[:, layer] = r.cpu()
+        has_sink[:, layer] = sinks[layer].any(-1).cpu()
+
+    fwd = []
+    for layer in range(model.n_layers):
+        fwd.append((hooks.resid_pre(layer), _bind(on_resid, layer)))
+        fwd.append((hooks.attn_pattern(layer), _bind(on_pattern, layer)))
+    forward(model, batch, fwd)
+    return s_out, r_out, has_sink
+
+
+def _bind(fn: Any, layer: int) -> Any:
+    def hook(tensor: torch.Tensor, hook: Any) -> None:
+        fn(tensor, hook, layer)
+
+    return hook
