@@ -1,0 +1,296 @@
+"""Attention knock-out: block attention from chosen queries to chosen keys.
+
+Two modes, both as hooks:
+
+* ``pre`` (default): scores of blocked (query, key) pairs are set to the dtype's
+  minimum before the softmax, so each row renormalises over what is left;
+* ``post``: blocked entries of the post-softmax pattern are zeroed and rows are
+  not renormalised.
+
+Targets are resolved per layer: ``sinks`` (visual sinks of that layer's input,
+from the phi classifier in the same pass), ``random`` (the same number of
+random non-sink visual tokens, seeded, one set per draw), ``nonsink`` (all
+non-sink visual tokens), ``visual`` (all visual tokens) and ``positions`` (an
+explicit list). Queries default to text tokens; during decoding every new
+token is a query. The entry point :func:`ablate` compares each condition with
+the unablated run on the answer's log-probability, the KL divergence of the
+next-token distribution and the greedy answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from jaxtyping import Bool
+
+from analysis import hooks
+from analysis.capture import HookFn
+from analysis.generation import answer_logprobs, kl_divergence
+from analysis.results import ResultMixin, provenance
+from analysis.sinks import DEFAULT_TAU, phi
+
+if TYPE_CHECKING:
+    from analysis.loading import LoadedModel
+    from analysis.tokens import ModelInputs
+
+Target = Literal["sinks", "random", "nonsink", "visual", "positions"]
+Mode = Literal["pre", "post"]
+TARGETS: tuple[str, ...] = ("sinks", "random", "nonsink", "visual", "positions")
+
+
+def block_scores(
+    scores: torch.Tensor,
+    queries: Bool[torch.Tensor, "batch query"],
+    keys: Bool[torch.Tensor, "batch key"],
+) -> torch.Tensor:
+    """Pre-softmax knock-out: blocked pairs get the dtype's minimum (rows renormalise)."""
+    blocked = queries[:, None, :, None] & keys[:, None, None, :]
+    return scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
+
+
+def zero_pattern(
+    pattern: torch.Tensor,
+    queries: Bool[torch.Tensor, "batch query"],
+    keys: Bool[torch.Tensor, "batch key"],
+) -> torch.Tensor:
+    """Post-softmax knock-out: blocked pairs are zeroed, rows are not renormalised."""
+    blocked = queries[:, None, :, None] & keys[:, None, None, :]
+    return pattern.masked_fill(blocked, 0.0)
+
+
+class KnockOut:
+    """Knock-out hooks for one batch of prompts (forward or generation).
+
+    Args:
+        target: which keys to block (see module doc).
+        layers: layers to apply it in (default: all).
+        queries: query positions [batch, pos] for the prefill (default: text tokens).
+        positions: key positions for ``target="positions"`` (same for every sample).
+        draw: index of the random draw (``target="random"``), combined with ``seed``.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        inputs: ModelInputs,
+        *,
+        target: Target,
+        dims: Sequence[int] | None = None,
+        tau: float = DEFAULT_TAU,
+        mode: Mode = "pre",
+        layers: Sequence[int] | None = None,
+        queries: Bool[torch.Tensor, "batch pos"] | None = None,
+        positions: Sequence[int] | None = None,
+        seed: int = 0,
+        draw: int = 0,
+    ) -> None:
+        if target not in TARGETS:
+            raise ValueError(f"Unknown target {target!r}; choose from {TARGETS}.")
+        if mode not in ("pre", "post"):
+            raise ValueError(f"Unknown mode {mode!r}; use 'pre' or 'post'.")
+        if target in ("sinks", "random", "nonsink") and not dims:
+            raise ValueError(f"target={target!r} needs sink dims.")
+        if target == "positions" and not positions:
+            raise ValueError("target='positions' needs a non-empty positions list.")
+        self.model, self.target, self.mode, self.tau = model, target, mode, tau
+        self.dims = None if dims is None else [int(d) for d in dims]
+        self.layers = (
+            list(range(model.n_layers)) if layers is None else sorted({int(x) for x in layers})
+        )
+        self.prefill_len = int(inputs.input_ids.shape[1])
+        self.valid = inputs.stack("attention_mask")
+        self.visual = inputs.visual
+        self.queries = inputs.text if queries is None else queries.bool() & self.valid
+        self.positions = positions
+        self.seed, self.draw = seed, draw
+        self.keys: dict[int, torch.Tensor] = {}
+        self._seen: dict[int, int] = {}
+        if positions is not None:
+            explicit = torch.zeros_like(self.valid)
+            for p in positions:
+                if not 0 <= int(p) < self.prefill_len:
+                    raise ValueError(
+                        f"Position {p} outside the prompt (length {self.prefill_len})."
+                    )
+                explicit[:, int(p)] = True
+            self._explicit = explicit & self.valid
+        else:
+            self._explicit = None
+
+    def _resolve_keys(self, layer: int, resid: torch.Tensor | None) -> torch.Tensor:
+        if self.target == "positions":
+            assert self._explicit is not None
+            return self._explicit
+        if self.target == "visual":
+            return self.visual & self.valid
+        assert resid is not None
+        assert self.dims is not None
+        sinks = (phi(resid, self.dims).cpu() >= self.tau) & self.visual & self.valid
+        if self.target == "sinks":
+            return sinks
+        nonsink = self.visual & self.valid & ~sinks
+        if self.target == "nonsink":
+            return nonsink
+        return _random_like(sinks, nonsink, self.seed, self.draw, layer)
+
+    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
+        out: list[tuple[str, HookFn]] = []
+        for layer in self.layers:
+            out.append((hooks.resid_pre(layer), self._resid_hook(layer)))
+            name = hooks.attn_scores(layer) if self.mode == "pre" else hooks.attn_pattern(layer)
+            out.append((name, self._attn_hook(layer)))
+        return out
+
+    def _resid_hook(self, layer: int) -> HookFn:
+        def hook(resid: torch.Tensor, hook: Any) -> None:
+            if resid.shape[1] == self.prefill_len:
+                self.keys[layer] = self._resolve_keys(layer, resid)
+
+        return hook
+
+    def _attn_hook(self, layer: int) -> HookFn:
+        def hook(tensor: torch.Tensor, hook: Any) -> torch.Tensor:
+            batch, _, n_query, n_key = tensor.shape
+            prefill = n_query == self.prefill_len
+            seen = n_query if prefill else self._seen.get(layer, self.prefill_len) + n_query
+            self._seen[layer] = seen
+            generated = seen - self.prefill_len
+            keys = torch.cat(
+                [self.keys[layer], self.keys[layer].new_zeros(batch, generated)], dim=1
+            )
+            keys = keys[:, seen - n_key : seen].to(tensor.device)
+            if prefill:
+                queries = self.queries.to(tensor.device)
+            else:
+                queries = torch.ones(batch, n_query, dtype=torch.bool, device=tensor.device)
+            fn = block_scores if self.mode == "pre" else zero_pattern
+            return fn(tensor, queries, keys)
+
+        return hook
+
+    def blocked_counts(self) -> dict[int, list[int]]:
+        """Per layer, the number of blocked keys per sample (after a prefill)."""
+        return {layer: keys.sum(-1).tolist() for layer, keys in self.keys.items()}
+
+
+def _random_like(
+    sinks: torch.Tensor, pool: torch.Tensor, seed: int, draw: int, layer: int
+) -> torch.Tensor:
+    """Per sample, as many random ``pool`` positions as there are ``sinks`` (seeded)."""
+    out = torch.zeros_like(pool)
+    for index in range(pool.shape[0]):
+        candidates = torch.nonzero(pool[index]).flatten()
+        k = min(int(sinks[index].sum()), candidates.numel())
+        if k == 0:
+            continue
+        generator = torch.Generator().manual_seed(
+            ((seed * 1009 + draw) * 1013 + layer) * 1019 + index
+        )
+        chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:k]]
+        out[index, chosen] = True
+    return out
+
+
+@dataclass
+class AblationResult(ResultMixin):
+    """Per condition and sample: answer log-prob change, KL, greedy change."""
+
+    conditions: list[str]
+    answers: list[str]
+    answer_logprob: torch.Tensor  # [condition, batch, answer]
+    kl: torch.Tensor  # [condition, batch]
+    greedy: list[list[str]]  # [condition][batch]
+    blocked: list[dict[int, list[int]]]
+    config: dict[str, Any] = field(default_factory=dict)
+    kind = "ablation"
+    json_fields = ("conditions", "answers", "greedy", "blocked")
+    tensor_fields = ("answer_logprob", "kl")
+
+    def delta_logprob(self, answer: int = 0) -> torch.Tensor:
+        """[condition, batch] change of log p(answer) against the baseline (condition 0)."""
+        values = self.answer_logprob[..., answer]
+        return values - values[0:1]
+
+    def summary(self) -> dict[str, Any]:
+        delta = self.delta_logprob()
+        return {
+            name: {
+                "delta_logprob_mean": float(delta[i].mean()),
+                "kl_mean": float(self.kl[i].mean()),
+                "greedy_changed": sum(
+                    g != b for g, b in zip(self.greedy[i], self.greedy[0], strict=True)
+                ),
+            }
+            for i, name in enumerate(self.conditions)
+        }
+
+
+def ablate(
+    model: LoadedModel,
+    inputs: ModelInputs,
+    *,
+    targets: Sequence[Target],
+    answers: Sequence[str],
+    dims: Sequence[int] | None = None,
+    tau: float = DEFAULT_TAU,
+    mode: Mode = "pre",
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    draws: int = 5,
+    seed: int = 0,
+) -> AblationResult:
+    """Run the baseline and each knock-out condition; ``random`` runs ``draws`` times."""
+    from analysis.generation import decode_tokens
+
+    base_lp, base_full = answer_logprobs(model, inputs, answers)
+    conditions, logprobs, kls, greedy, blocked = (
+        ["baseline"],
+        [base_lp],
+        [torch.zeros(inputs.batch_size)],
+        [],
+        [{}],
+    )
+    greedy.append(decode_tokens(model, base_full.argmax(-1).tolist()))
+    for target in targets:
+        for draw in range(draws if target == "random" else 1):
+            knock = KnockOut(
+                model,
+                inputs,
+                target=target,
+                dims=dims,
+                tau=tau,
+                mode=mode,
+                layers=layers,
+                positions=positions,
+                seed=seed,
+                draw=draw,
+            )
+            lp, full = answer_logprobs(model, inputs, answers, fwd_hooks=knock.fwd_hooks())
+            conditions.append(target if target != "random" else f"random[{draw}]")
+            logprobs.append(lp)
+            kls.append(kl_divergence(base_full, full))
+            greedy.append(decode_tokens(model, full.argmax(-1).tolist()))
+            blocked.append(knock.blocked_counts())
+    return AblationResult(
+        conditions=conditions,
+        answers=list(answers),
+        answer_logprob=torch.stack(logprobs),
+        kl=torch.stack(kls),
+        greedy=greedy,
+        blocked=blocked,
+        config={
+            "model": model.describe(),
+            "targets": list(targets),
+            "mode": mode,
+            "layers": layers,
+            "dims": dims,
+            "tau": tau,
+            "draws": draws,
+            "seed": seed,
+            "prompts": inputs.prompts,
+            **provenance(),
+        },
+    )

@@ -1,0 +1,124 @@
+"""Knock-out hooks against hand-made references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_image
+
+from analysis import hooks
+from analysis.ablation import KnockOut, ablate, block_scores, zero_pattern
+from analysis.capture import forward
+from analysis.generation import generate
+from analysis.tokens import build_inputs
+
+
+def _inputs(model):
+    return build_inputs(model, make_image(seed=3), "is there a red object in the image ?")
+
+
+def test_pre_softmax_knockout_equals_hf_with_a_4d_mask(tiny_models, tiny_dirs):
+    """LLaVA: blocking keys pre-softmax equals HF eager run with a hand-built 4D additive mask."""
+    from transformers import AutoModelForImageTextToText
+
+    model = tiny_models["llava"]
+    inputs = _inputs(model)
+    layout = inputs.layouts[0]
+    targets = [int(layout.geometry.positions[i]) for i in (0, 5, 9)]
+    knock = KnockOut(model, inputs, target="positions", positions=targets)
+    ours = forward(model, inputs, knock.fwd_hooks())
+
+    n = layout.n_pos
+    allowed = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    for q in range(n):
+        if layout.text[q]:
+            for k in targets:
+                allowed[q, k] = False
+    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[None, None]
+    reference = AutoModelForImageTextToText.from_pretrained(
+        tiny_dirs["llava"], attn_implementation="eager"
+    ).eval()
+    tensors = dict(inputs.tensors)
+    tensors["attention_mask"] = mask
+    with torch.no_grad():
+        expected = reference(**tensors).logits
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    assert (ours - forward(model, inputs)).abs().max() > 1e-4
+
+
+def test_post_softmax_zeroing_matches_naive_loop(tiny):
+    inputs = _inputs(tiny)
+    layout = inputs.layouts[0]
+    targets = [int(layout.geometry.positions[i]) for i in (0, 1)]
+    knock = KnockOut(
+        tiny, inputs, target="positions", positions=targets, mode="post", layers=[1, 2]
+    )
+
+    def naive(pattern, hook):
+        pattern = pattern.clone()
+        for q in range(pattern.shape[2]):
+            if layout.text[q]:
+                for k in targets:
+                    pattern[0, :, q, k] = 0.0
+        return pattern
+
+    expected = forward(tiny, inputs, [(hooks.attn_pattern(layer), naive) for layer in (1, 2)])
+    torch.testing.assert_close(forward(tiny, inputs, knock.fwd_hooks()), expected, atol=0, rtol=0)
+
+
+def test_block_helpers_by_hand():
+    scores = torch.zeros(1, 1, 3, 3)
+    queries = torch.tensor([[False, True, True]])
+    keys = torch.tensor([[True, False, False]])
+    blocked = block_scores(scores, queries, keys)
+    probs = blocked.softmax(-1)
+    assert probs[0, 0, 0].tolist() == pytest.approx([1 / 3] * 3)
+    assert probs[0, 0, 1].tolist() == pytest.approx([0.0, 0.5, 0.5])
+    zeroed = zero_pattern(torch.full((1, 1, 3, 3), 1 / 3), queries, keys)
+    assert zeroed[0, 0, 2].tolist() == pytest.approx([0.0, 1 / 3, 1 / 3])
+
+
+def test_random_targets_match_sink_counts_and_are_seeded(tiny):
+    inputs = _inputs(tiny)
+    kwargs = {"dims": [3, 9], "tau": 1.5, "layers": [1, 2]}
+    sinks = KnockOut(tiny, inputs, target="sinks", **kwargs)
+    forward(tiny, inputs, sinks.fwd_hooks())
+    rand_a = KnockOut(tiny, inputs, target="random", seed=1, **kwargs)
+    forward(tiny, inputs, rand_a.fwd_hooks())
+    rand_b = KnockOut(tiny, inputs, target="random", seed=1, **kwargs)
+    forward(tiny, inputs, rand_b.fwd_hooks())
+    for layer in (1, 2):
+        pool = inputs.visual & ~sinks.keys[layer]
+        assert rand_a.keys[layer].sum() == min(sinks.keys[layer].sum(), pool.sum())
+        assert not (rand_a.keys[layer] & ~pool).any()
+        assert torch.equal(rand_a.keys[layer], rand_b.keys[layer])
+        assert not (rand_a.keys[layer] & sinks.keys[layer]).any()
+
+
+def test_knockout_in_generation_runs(tiny):
+    inputs = _inputs(tiny)
+    knock = KnockOut(tiny, inputs, target="visual")
+    out = generate(tiny, inputs, max_new_tokens=4, fwd_hooks=knock.fwd_hooks())
+    assert len(out.tokens) == 1
+
+
+def test_ablate_reports_conditions(tiny_models):
+    model = tiny_models["llava"]
+    inputs = _inputs(model)
+    result = ablate(
+        model,
+        inputs,
+        targets=["visual", "random"],
+        answers=["yes", "no"],
+        dims=[3, 9],
+        tau=1.5,
+        draws=2,
+    )
+    assert result.conditions == ["baseline", "visual", "random[0]", "random[1]"]
+    assert result.answer_logprob.shape == (4, 1, 2)
+    assert result.kl[0].eq(0).all()
+    assert (result.kl[1] > 0).all()
+    summary = result.summary()
+    assert summary["baseline"]["delta_logprob_mean"] == 0.0
+    with pytest.raises(ValueError, match="Unknown target"):
+        KnockOut(model, inputs, target="everything")
