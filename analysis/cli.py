@@ -347,6 +347,125 @@ def generate(
 
 @app.command()
 @friendly
+def heads(
+    model: ModelArg = None,
+    images: ImagesOpt = None,
+    prompt: PromptOpt = "Is there a red object in the image?",
+    rho: Annotated[
+        float | None, typer.Option(help="Minimum visual non-sink ratio (default 0.5).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Paper preset: general, hallucination, vision-centric.")
+    ] = None,
+    tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
+    dims: DimsOpt = None,
+    top: Annotated[int, typer.Option(help="Heads to list.")] = 10,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_out: JsonOpt = None,
+    csv: Annotated[Path | None, typer.Option(help="Write every head's scores as CSV.")] = None,
+) -> None:
+    """Score heads by image attention and visual non-sink ratio; list image-centric heads."""
+    from analysis.heads import score_heads
+
+    loaded = load(model, device, dtype)
+    paths = image_paths(images, model)
+    batches = calibration(loaded, paths, prompt)
+    chosen = resolve_dims(loaded, dims, batches)
+    result = score_heads(loaded, batches, dims=chosen, tau=tau, rho=rho, preset=preset)
+    table = Table(title=f"heads over {len(paths)} images (rho {result.rho:g}, s >= 0.2)")
+    for column in ("layer", "head", "selected", "s mean [95% CI]", "r mean [95% CI]"):
+        table.add_column(column)
+    for row in result.ranked(top=top):
+        table.add_row(
+            str(row["layer"]),
+            str(row["head"]),
+            f"{row['selected_mean']:.2f}",
+            f"{row['s_mean']:.2f} [{row['s_lo']:.2f}, {row['s_hi']:.2f}]",
+            f"{row['r_mean']:.2f} [{row['r_lo']:.2f}, {row['r_hi']:.2f}]",
+        )
+    console.print(table)
+    console.print(
+        f"image-centric heads (selected for >= half the queries): {result.image_centric_heads()}"
+    )
+    payload = result.to_json()
+    payload["config"]["images"] = [str(p) for p in paths]
+    write_json(json_out, payload)
+    if csv is not None:
+        result.to_csv(str(csv))
+        console.print(f"wrote {csv}")
+
+
+@app.command()
+@friendly
+def ablate(
+    model: ModelArg = None,
+    image: Annotated[Path | None, typer.Option(help="Image file (default: a demo image).")] = None,
+    prompt: PromptOpt = "Is there a red object in the image?",
+    target: Annotated[
+        list[str] | None,
+        typer.Option(help="sinks, random, nonsink, visual or positions (repeatable)."),
+    ] = None,
+    answers: Annotated[str, typer.Option(help="Comma-separated candidate answers.")] = "yes,no",
+    draws: Annotated[int, typer.Option(help="Random draws for target=random.")] = 5,
+    mode: Annotated[
+        str, typer.Option(help="pre (renormalise) or post (zero, no renormalise).")
+    ] = "pre",
+    layers: Annotated[
+        str | None, typer.Option(help="Comma-separated layers (default all).")
+    ] = None,
+    positions: Annotated[
+        str | None, typer.Option(help="Key positions for target=positions.")
+    ] = None,
+    tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
+    dims: DimsOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random draws.")] = 0,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Knock out attention to sink tokens (or controls) and compare with the unablated run."""
+    from analysis.ablation import ablate as run_ablate
+
+    loaded = load(model, device, dtype)
+    path = image_paths([image] if image else None, model if image is None else None)[0]
+    inputs = calibration(loaded, [path], prompt)[0]
+    chosen_targets = target or ["sinks", "random"]
+    needs_dims = any(t in ("sinks", "random", "nonsink") for t in chosen_targets)
+    chosen = resolve_dims(loaded, dims, [inputs]) if needs_dims else None
+    result = run_ablate(
+        loaded,
+        inputs,
+        targets=chosen_targets,
+        answers=[a.strip() for a in answers.split(",") if a.strip()],
+        dims=chosen,
+        tau=tau,
+        mode=mode,
+        layers=parse_dims(layers),
+        positions=parse_dims(positions),
+        draws=draws,
+        seed=seed,
+    )
+    table = Table(title=f"knock-out on {path.name} ({mode}-softmax)")
+    for column in ("condition", f"log p({result.answers[0]})", "delta", "KL", "greedy"):
+        table.add_column(column)
+    delta = result.delta_logprob()
+    for i, name in enumerate(result.conditions):
+        table.add_row(
+            name,
+            f"{float(result.answer_logprob[i, 0, 0]):.3f}",
+            f"{float(delta[i, 0]):+.3f}",
+            f"{float(result.kl[i, 0]):.4f}",
+            result.greedy[i][0],
+        )
+    console.print(table)
+    payload = result.to_json()
+    payload["config"]["image"] = str(path)
+    write_json(json_out, payload)
+
+
+@app.command()
+@friendly
 def demo(
     tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
     device: DeviceOpt = None,
