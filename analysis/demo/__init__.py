@@ -1,0 +1,1 @@
+"""SYNTHETIC demo LMM with a planted visual attention sink (see ``analysis.demo.build``)."""
