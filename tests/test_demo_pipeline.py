@@ -212,3 +212,11 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.exit_code == 2
     assert "No such image" in result.output
     assert "Traceback" not in result.output
+
+
+def test_attention_mass_reference_agrees_with_phi_sinks(demo, per_image):
+    from analysis.sinks import attention_mass_truth
+
+    for path, inputs in zip(IMAGES[:3], per_image[:3], strict=True):
+        by_attention = attention_mass_truth(demo, inputs)[0]
+        assert torch.equal(by_attention, _truth_mask(inputs.layouts[0], path.name)), path.name
