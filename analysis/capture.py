@@ -87,9 +87,9 @@ def capture(
     fwd: list[tuple[str, HookFn]] = []
     for layer in chosen:
         if resid:
-            fwd.append((hooks.resid_pre(layer), _bind(keep, f"r{layer}")))
+            fwd.append((hooks.resid_pre(layer), bind(keep, f"r{layer}")))
         if patterns:
-            fwd.append((hooks.attn_pattern(layer), _bind(keep, f"p{layer}")))
+            fwd.append((hooks.attn_pattern(layer), bind(keep, f"p{layer}")))
     logits = forward(model, inputs, fwd).float().cpu()
     return Capture(
         layers=chosen,
@@ -100,7 +100,9 @@ def capture(
     )
 
 
-def _bind(fn: Callable[..., None], key: str) -> HookFn:
+def bind(fn: Callable[..., None], key: Any) -> HookFn:
+    """A hook that calls ``fn(tensor, hook, key)``: one reducer, many layers."""
+
     def hook(tensor: torch.Tensor, hook: Any) -> None:
         fn(tensor, hook, key)
 

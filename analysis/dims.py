@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from analysis import hooks
-from analysis.capture import forward, progress
+from analysis.capture import bind, forward, progress
 from analysis.results import ResultMixin, provenance
 
 if TYPE_CHECKING:
@@ -242,7 +242,7 @@ def discover_dims(
         forward(
             model,
             batch,
-            [(hooks.resid_pre(layer), _slot(reduce, i)) for i, layer in enumerate(scanned)],
+            [(hooks.resid_pre(layer), bind(reduce, i)) for i, layer in enumerate(scanned)],
         )
     median = median_sum / max(n_tokens, 1)
     token_fraction = counts / max(n_tokens, 1)
@@ -271,13 +271,6 @@ def discover_dims(
             **provenance(),
         },
     )
-
-
-def _slot(fn: Any, slot: int) -> Any:
-    def hook(tensor: torch.Tensor, hook: Any) -> None:
-        fn(tensor, hook, slot)
-
-    return hook
 
 
 def _token_groups(

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from analysis import hooks
-from analysis.capture import forward, progress
+from analysis.capture import bind, forward, progress
 from analysis.results import ResultMixin, provenance
 from analysis.sinks import DEFAULT_TAU, phi
 from analysis.var_math import image_attention_stats
@@ -219,14 +219,7 @@ def _score_batch(
 
     fwd = []
     for layer in range(model.n_layers):
-        fwd.append((hooks.resid_pre(layer), _bind(on_resid, layer)))
-        fwd.append((hooks.attn_pattern(layer), _bind(on_pattern, layer)))
+        fwd.append((hooks.resid_pre(layer), bind(on_resid, layer)))
+        fwd.append((hooks.attn_pattern(layer), bind(on_pattern, layer)))
     forward(model, batch, fwd)
     return s_out, r_out, has_sink
-
-
-def _bind(fn: Any, layer: int) -> Any:
-    def hook(tensor: torch.Tensor, hook: Any) -> None:
-        fn(tensor, hook, layer)
-
-    return hook

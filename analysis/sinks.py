@@ -24,7 +24,7 @@ from einops import reduce
 from jaxtyping import Bool, Float
 
 from analysis import hooks
-from analysis.capture import forward
+from analysis.capture import bind, forward
 from analysis.results import ResultMixin, provenance
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ def find_sinks(
     def record(resid: torch.Tensor, hook: Any, layer: int) -> None:
         phis[:, layer] = phi(resid, dims, eps).cpu()
 
-    fwd = [(hooks.resid_pre(layer), _layer_hook(record, layer)) for layer in range(model.n_layers)]
+    fwd = [(hooks.resid_pre(layer), bind(record, layer)) for layer in range(model.n_layers)]
     forward(model, inputs, fwd)
     valid = inputs.stack("attention_mask")
     bos = torch.zeros_like(valid)
@@ -217,13 +217,6 @@ def find_sinks(
             **provenance(),
         },
     )
-
-
-def _layer_hook(fn: Any, layer: int) -> Any:
-    def hook(tensor: torch.Tensor, hook: Any) -> None:
-        fn(tensor, hook, layer)
-
-    return hook
 
 
 # ----------------------------------------------------------------------------- validation
