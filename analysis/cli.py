@@ -167,6 +167,15 @@ def image_paths(images: list[Path] | None, model: str | None) -> list[Path]:
     return collect_images(demo_dir() / "images")
 
 
+def single_image(image: Path | None, model: str | None) -> Path:
+    """The given image, or the first demo image when running on the demo model."""
+    if image is not None:
+        return image_paths([image], model)[0]
+    if model is not None:
+        raise ValueError("--image is required with a MODEL (the demo images suit only the demo).")
+    return image_paths(None, None)[0]
+
+
 def parse_dims(dims: str | None) -> list[int] | None:
     if dims is None:
         return None
@@ -257,7 +266,7 @@ def sinks(
     from analysis.sinks import find_sinks
 
     loaded = load(model, device, dtype)
-    path = image_paths([image] if image else None, model if image is None else None)[0]
+    path = single_image(image, model)
     batches = calibration(loaded, [path], prompt)
     chosen = resolve_dims(loaded, dims, batches)
     result = find_sinks(loaded, batches[0], dims=chosen, tau=tau)
@@ -307,7 +316,7 @@ def generate(
     from analysis.var import VarConfig, VarIntervention
 
     loaded = load(model, device, dtype)
-    path = image_paths([image] if image else None, model if image is None else None)[0]
+    path = single_image(image, model)
     inputs = calibration(loaded, [path], prompt)[0]
     baseline = run_generate(loaded, inputs, max_new_tokens=max_new_tokens)
     payload: dict[str, Any] = {
@@ -428,7 +437,7 @@ def ablate(
     from analysis.ablation import ablate as run_ablate
 
     loaded = load(model, device, dtype)
-    path = image_paths([image] if image else None, model if image is None else None)[0]
+    path = single_image(image, model)
     inputs = calibration(loaded, [path], prompt)[0]
     chosen_targets = target or ["sinks", "random"]
     needs_dims = any(t in ("sinks", "random", "nonsink") for t in chosen_targets)
