@@ -5,6 +5,7 @@ Everything runs offline: a hub look-up that times out costs about a minute.
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis.loading import LoadedModel, load_model
+from analysis.loading import DEMO_MODEL_DIR, LoadedModel, load_model
 from analysis.tiny import BUILDERS, build_tiny_model
 
 FAMILIES = sorted(BUILDERS)
@@ -54,3 +55,14 @@ def make_image(height: int = 30, width: int = 50, seed: int = 0) -> Image.Image:
 @pytest.fixture
 def image() -> Image.Image:
     return make_image()
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> LoadedModel:
+    """The bundled synthetic demo model (planted sink dims and heads)."""
+    return load_model(DEMO_MODEL_DIR, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_truth() -> dict:
+    return json.loads((DEMO_MODEL_DIR.parent / "ground_truth.json").read_text())
