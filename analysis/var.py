@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Bool
 
 from analysis import hooks
-from analysis.capture import HookFn, forward
+from analysis.capture import AttentionMaps, HookFn, attention_maps, forward
 from analysis.results import ResultMixin
 from analysis.sinks import DEFAULT_TAU, phi
 from analysis.var_math import (
@@ -285,3 +285,76 @@ def run_with_var(
     intervention = VarIntervention(model, inputs, dims=dims, config=config, sinks=sinks)
     logits = forward(model, inputs, intervention.fwd_hooks())
     return logits, intervention.record()
+
+
+# ----------------------------------------------------------------------------- figure capture
+
+
+@dataclass
+class VarAttention(ResultMixin):
+    """Attention maps of chosen heads over the image without and with VAR (paper figure 5).
+
+    ``before`` and ``after`` hold the same views and queries; ``after`` was
+    captured with the VAR hooks attached, so its sink flags are those VAR used.
+    """
+
+    before: AttentionMaps
+    after: AttentionMaps
+    record: VarRecord
+    config: dict[str, Any] = field(default_factory=dict)
+    kind = "var_attention"
+
+    def summary(self) -> dict[str, Any]:
+        views = []
+        for sample in range(len(self.before.layouts)):
+            for view in range(self.before.n_views):
+                rows = {}
+                for name, maps in (("before", self.before), ("after", self.after)):
+                    values = maps.attention[sample, view, :, : maps.n_visual[sample]]
+                    sinks = maps.visual_sinks(sample, view)
+                    rows[name] = {
+                        "image_attention": values.sum(-1).tolist(),
+                        "visual_sink_attention": values[:, sinks].sum(-1).tolist(),
+                    }
+                views.append({"sample": sample, "view": self.before.view_label(view), **rows})
+        return {"views": views, "record": self.record.summary()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "before": self.before.to_json(),
+            "after": self.after.to_json(),
+            "record": self.record.to_json(),
+            "summary": self.summary(),
+            "config": self.config,
+        }
+
+
+def var_attention(
+    model: LoadedModel,
+    inputs: ModelInputs,
+    *,
+    views: Sequence[tuple[int, int | None]],
+    dims: Sequence[int],
+    config: VarConfig | None = None,
+    queries: Sequence[int] = (-1,),
+) -> VarAttention:
+    """Attention of ``views`` (layer, head) over the image, baseline and under VAR."""
+    config = config or VarConfig()
+    before = attention_maps(model, inputs, views=views, queries=queries, dims=dims, tau=config.tau)
+    intervention = VarIntervention(model, inputs, dims=dims, config=config)
+    after = attention_maps(
+        model,
+        inputs,
+        views=views,
+        queries=queries,
+        dims=dims,
+        tau=config.tau,
+        fwd_hooks=intervention.fwd_hooks(),
+    )
+    return VarAttention(
+        before=before,
+        after=after,
+        record=intervention.record(),
+        config={"var": config.to_dict(), "dims": [int(d) for d in dims], **before.config},
+    )
