@@ -37,6 +37,12 @@ DeviceOpt = Annotated[
     str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if available).")
 ]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32 (default), bfloat16 or float16.")]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="HF device map (e.g. auto) for models too big for one GPU; not with --device."
+    ),
+]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -54,7 +60,8 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except _user_errors() as err:
-            err_console.print(f"[bold red]error:[/] {err}")
+            # soft_wrap: a long message stays one line instead of being wrapped at 80 columns.
+            err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -73,12 +80,14 @@ def resolve_model_path(model: str | None) -> str:
     return str(DEMO_MODEL_DIR)
 
 
-def load(model: str | None, device: str | None, dtype: str | None) -> Any:
+def load(
+    model: str | None, device: str | None, dtype: str | None, device_map: str | None = None
+) -> Any:
     from analysis.loading import load_model
 
     path = resolve_model_path(model)
     with console.status(f"loading {path}"):
-        return load_model(path, device=device, dtype=dtype)
+        return load_model(path, device=device, dtype=dtype, device_map=device_map)
 
 
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
@@ -149,6 +158,21 @@ JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write results + co
 DimsOpt = Annotated[
     str | None, typer.Option(help="Comma-separated sink dims (default: registry, else discovered).")
 ]
+
+
+QuestionsOpt = Annotated[
+    Path | None,
+    typer.Option(help='JSONL questions {"question_id","image","text","label"} (POPE format).'),
+]
+ImageRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--images", help="Image folder; question image paths resolve inside it (and only there)."
+    ),
+]
+LimitOpt = Annotated[int | None, typer.Option(help="Evaluate only the first N items.")]
+BatchOpt = Annotated[int, typer.Option(help="Items per forward pass (left-padded).")]
+BootOpt = Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")]
 
 
 def demo_dir() -> Path:
@@ -429,14 +453,58 @@ def ablate(
     tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
     dims: DimsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the random draws.")] = 0,
+    questions: QuestionsOpt = None,
+    images: ImageRootOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Dataset mode: run folder (default vsink-runs/ablate-<questions>)."),
+    ] = None,
+    limit: LimitOpt = None,
+    batch_size: BatchOpt = 1,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Dataset mode: also generate this many tokens (0: log-probs only).")
+    ] = 0,
+    n_boot: BootOpt = 1000,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
-    """Knock out attention to sink tokens (or controls) and compare with the unablated run."""
+    """Knock out attention to sink tokens (or controls) and compare with the unablated run.
+
+    With --questions (JSONL, POPE format) the knock-outs run over the dataset:
+    accuracy of each condition with bootstrap CIs, paired tests against the
+    baseline and the mean change of log p(label), in a resumable run folder.
+    """
     from analysis.ablation import ablate as run_ablate
 
-    loaded = load(model, device, dtype)
+    if questions is not None:
+        _ablate_dataset(
+            model,
+            questions=questions,
+            images=images,
+            targets=target or ["sinks", "random"],
+            answers=answers,
+            draws=draws,
+            mode=mode,
+            layers=layers,
+            tau=tau,
+            dims=dims,
+            seed=seed,
+            out=out,
+            limit=limit,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            n_boot=n_boot,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            json_out=json_out,
+        )
+        return
+    if images is not None:
+        raise ValueError("--images is for dataset mode (with --questions); use --image.")
+    loaded = load(model, device, dtype, device_map)
     path = single_image(image, model)
     inputs = calibration(loaded, [path], prompt)[0]
     chosen_targets = target or ["sinks", "random"]
@@ -471,6 +539,309 @@ def ablate(
     payload = result.to_json()
     payload["config"]["image"] = str(path)
     write_json(json_out, payload)
+
+
+def dataset_items(
+    model: str | None, questions: Path | None, images: Path | None, prompt: str | None
+) -> tuple[list[Any], dict[str, Any]]:
+    """Items from --questions + --images, or an image folder + --prompt; the demo set by default."""
+    from analysis.datasets import image_folder, read_pope
+
+    if questions is None and images is None:
+        if model is not None:
+            raise ValueError("--questions and --images are required with a MODEL.")
+        questions, images = demo_dir() / "questions.jsonl", demo_dir() / "images"
+    if images is None:
+        raise ValueError("--images (the image folder) is required with --questions.")
+    if questions is not None:
+        if prompt is not None:
+            raise ValueError("--prompt is for image folders; --questions carry their own text.")
+        items = read_pope(questions, images)
+        return items, {"format": "pope", "questions": str(questions), "images": str(images)}
+    if prompt is None:
+        raise ValueError("An image folder needs --prompt (or pass --questions).")
+    return image_folder(images, prompt), {
+        "format": "folder",
+        "images": str(images),
+        "prompt": prompt,
+    }
+
+
+def _ci(entry: dict[str, float] | None, spec: str = ".3f") -> str:
+    """``value [lo, hi]`` in one format spec (``+.2g`` for small changes)."""
+    if entry is None:
+        return "-"
+    return f"{entry['value']:{spec}} [{entry['lo']:{spec}}, {entry['hi']:{spec}}]"
+
+
+def print_wide(table: Table) -> None:
+    """A terminal gets its own width; a pipe or log gets long lines instead of wrapped cells."""
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(width=max(console.width, 160)).print(table)
+
+
+def print_summary(summary: dict[str, Any], title: str) -> None:
+    """One table per scoring (log-prob, generation), then sinks, heads and VAR lines."""
+    from analysis.evaluation import summary_rows
+
+    level = round(100 * summary["bootstrap"]["level"])
+    for scoring, label in (("logprob", "answer log-prob"), ("generate", "generation")):
+        rows = summary_rows(summary, scoring)
+        if not rows:
+            continue
+        table = Table(title=f"{title}: scored by {label} ({level}% bootstrap CIs)")
+        for column in (
+            "condition",
+            "n",
+            "accuracy",
+            "precision",
+            "recall",
+            "F1",
+            "yes",
+            "Δ accuracy",
+            "McNemar p",
+            "Δ log p(label)",
+        ):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(
+                row["condition"],
+                str(row["n"]),
+                _ci(row["accuracy"]),
+                f"{row['precision']['value']:.3f}",
+                f"{row['recall']['value']:.3f}",
+                _ci(row["f1"]),
+                f"{row['yes_ratio']['value']:.3f}",
+                _ci(row["delta_accuracy"], "+.3f"),
+                "-" if row["mcnemar_p"] is None else f"{row['mcnemar_p']:.3g}",
+                _ci(row["delta_logprob"], "+.2g"),
+            )
+        print_wide(table)
+    if not any(summary_rows(summary, s) for s in ("logprob", "generate")):
+        console.print("no labelled items: records hold the answers, no accuracy to report")
+    if "sinks" in summary:
+        means = ", ".join(f"{v:.1f}" for v in summary["sinks"]["per_layer_mean"])
+        console.print(
+            f"visual sinks per image by layer (mean over {len(summary['sinks']['per_image'])} "
+            f"images): {means}"
+        )
+    if "heads" in summary:
+        console.print(f"image-centric heads (layer, head): {summary['heads']['image_centric']}")
+    for name, entry in summary["conditions"].items():
+        if "var" in entry:
+            var = entry["var"]
+            console.print(
+                f"{name}: {var['rows_changed_mean']:.1f} rows changed and "
+                f"{var['mass_moved_mean']:.3f} attention mass moved per item; "
+                f"no-op on {var['noop_items']} items"
+            )
+    if not summary["complete"]:
+        console.print(
+            "[yellow]incomplete: some conditions lack some items (run again to resume)[/]"
+        )
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    model: ModelArg = None,
+    questions: QuestionsOpt = None,
+    images: ImageRootOpt = None,
+    prompt: Annotated[
+        str | None, typer.Option(help="Image-folder mode: the prompt for every image.")
+    ] = None,
+    conditions: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: baseline, var[:p=..,rho=..], ablate-sinks, "
+            "ablate-random[:draws=K], ablate-nonsink, ablate-visual."
+        ),
+    ] = "baseline,var,ablate-sinks,ablate-random",
+    out: Annotated[Path, typer.Option(help="Run folder (required; resumed when it exists).")] = ...,  # type: ignore[assignment]
+    limit: LimitOpt = None,
+    batch_size: BatchOpt = 1,
+    answers: Annotated[
+        str, typer.Option(help="Candidate answers; the first is the positive class.")
+    ] = "yes,no",
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Greedy generation length (0: score by log-probs only).")
+    ] = 8,
+    tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
+    rho: Annotated[
+        float, typer.Option(help="Minimum visual non-sink ratio (heads, VAR default).")
+    ] = 0.5,
+    dims: DimsOpt = None,
+    calibration_items: Annotated[
+        int, typer.Option(help="Distinct images used to discover sink dims when needed.")
+    ] = 8,
+    stats: Annotated[
+        bool, typer.Option(help="Collect sink counts and head scores in the baseline pass.")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of random knock-outs and the bootstrap.")] = 0,
+    n_boot: BootOpt = 1000,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+    progress_bar: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    json_out: JsonOpt = None,
+) -> None:
+    """Evaluate conditions over a dataset: resumable, shardable with torchrun, with CIs."""
+    from analysis.evaluation import evaluate, init_distributed, rank_device
+
+    shard = init_distributed()
+    items, source = dataset_items(model, questions, images, prompt)
+    loaded = load(model, rank_device(device, shard), dtype, device_map)
+    result = evaluate(
+        loaded,
+        items,
+        out=out,
+        conditions=conditions,
+        answers=[a.strip() for a in answers.split(",") if a.strip()],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        limit=limit,
+        dims=parse_dims(dims),
+        tau=tau,
+        rho=rho,
+        seed=seed,
+        collect_stats=stats,
+        n_calibration=calibration_items,
+        n_boot=n_boot,
+        dataset=source,
+        show_progress=progress_bar,
+    )
+    if shard.is_main:
+        print_summary(result.summary(), f"vsink eval ({len(result.records)} records)")
+        console.print(f"run folder: {out} (records.jsonl, summary.json, manifest.json)")
+        write_json(json_out, result.summary())
+
+
+def _ablate_dataset(
+    model: str | None,
+    *,
+    questions: Path,
+    images: Path | None,
+    targets: list[str],
+    answers: str,
+    draws: int,
+    mode: str,
+    layers: str | None,
+    tau: float,
+    dims: str | None,
+    seed: int,
+    out: Path | None,
+    limit: int | None,
+    batch_size: int,
+    max_new_tokens: int,
+    n_boot: int,
+    device: str | None,
+    dtype: str | None,
+    device_map: str | None,
+    json_out: Path | None,
+) -> None:
+    """``vsink ablate --questions``: baseline + knock-outs on the evaluation runner."""
+    from analysis.evaluation import evaluate, init_distributed, rank_device
+
+    if "positions" in targets:
+        raise ValueError("target=positions is per prompt; over a dataset use the other targets.")
+    options = [f"mode={mode}"] if mode != "pre" else []
+    chosen_layers = parse_dims(layers)
+    if chosen_layers:
+        options.append("layers=" + "+".join(str(x) for x in chosen_layers))
+    specs = ["baseline"]
+    for target in targets:
+        extra = options + ([f"draws={draws}"] if target == "random" and draws > 1 else [])
+        specs.append(f"ablate-{target}" + (":" + ",".join(extra) if extra else ""))
+    shard = init_distributed()
+    items, source = dataset_items(model, questions, images, None)
+    run = out or Path("vsink-runs") / f"ablate-{questions.stem}"
+    loaded = load(model, rank_device(device, shard), dtype, device_map)
+    result = evaluate(
+        loaded,
+        items,
+        out=run,
+        conditions=specs,
+        answers=[a.strip() for a in answers.split(",") if a.strip()],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        limit=limit,
+        dims=parse_dims(dims),
+        tau=tau,
+        seed=seed,
+        collect_stats=False,
+        n_boot=n_boot,
+        dataset=source,
+    )
+    if not shard.is_main:
+        return
+    summary = result.summary()
+    level = round(100 * summary["bootstrap"]["level"])
+    table = Table(title=f"knock-out over {summary['n_items']} items ({mode}-softmax, {level}% CIs)")
+    for column in (
+        "condition",
+        "n",
+        "accuracy",
+        "Δ accuracy",
+        "McNemar p",
+        "Δ log p(label)",
+        "Δ log-odds(label)",
+    ):
+        table.add_column(column)
+    for name, entry in summary["conditions"].items():
+        scored = entry.get("logprob")
+        if scored is None:
+            continue
+        versus = scored.get("vs_baseline")
+        table.add_row(
+            name,
+            str(scored["n"]),
+            _ci(scored["accuracy"]),
+            _ci(versus["delta_accuracy"], "+.3f") if versus else "-",
+            f"{versus['mcnemar']['p']:.3g}" if versus else "-",
+            _ci(entry.get("delta_logprob_label"), "+.2g"),
+            _ci(entry.get("delta_margin_label"), "+.3f"),
+        )
+    print_wide(table)
+    console.print(f"run folder: {run} (per-item records.jsonl, summary.json)")
+    write_json(json_out, summary)
+
+
+@app.command()
+@friendly
+def summary(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by vsink eval / ablate.")],
+    n_boot: Annotated[
+        int | None, typer.Option(help="Bootstrap resamples (default: the run's).")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the summary JSON here.")
+    ] = None,
+) -> None:
+    """Table + JSON of a run, recomputed from its per-item records (also of a partial run)."""
+    from analysis.evaluation import SUMMARY, merge_run
+
+    result = merge_run(run_dir, n_boot=n_boot)
+    print_summary(result.summary(), f"{run_dir} ({len(result.records)} records)")
+    console.print(f"wrote {run_dir / SUMMARY}")
+    write_json(json_out, result.summary())
+
+
+@app.command()
+@friendly
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by vsink eval / ablate.")],
+) -> None:
+    """Merge the per-process parts of a run into records.jsonl and summary.json."""
+    from analysis.evaluation import RECORDS, SUMMARY, merge_run
+
+    result = merge_run(run_dir)
+    parts = sorted(p.name for p in run_dir.glob("part-*.jsonl"))
+    console.print(
+        f"merged {len(result.records)} records from {len(parts)} part(s) ({', '.join(parts)}) "
+        f"into {run_dir / RECORDS} and {run_dir / SUMMARY}"
+    )
 
 
 @app.command()
@@ -558,3 +929,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
