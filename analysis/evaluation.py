@@ -535,11 +535,14 @@ class VarTracker:
             new = fn(pattern, hook)
             if new is None:
                 return None
-            diff = (new.float() - pattern.float()).cpu()  # [batch, head, query, key]
+            # Reduced where the pattern lives; only [batch] numbers come back to the CPU.
+            diff = new.float() - pattern.float()  # [batch, head, query, key]
             phase = "prefill" if pattern.shape[2] == self.prefill_len else "decode"
-            self.totals[f"{phase}_rows"] += (diff != 0).any(-1).sum((1, 2)).double()
+            rows = (diff != 0).any(-1).sum((1, 2))
             # Rows keep their sum, so the mass moved is what the sinks lost.
-            self.totals[f"{phase}_mass"] += (-diff).clamp_min(0).sum((1, 2, 3)).double()
+            mass = (-diff).clamp_min(0).sum((1, 2, 3))
+            self.totals[f"{phase}_rows"] += rows.double().cpu()
+            self.totals[f"{phase}_mass"] += mass.double().cpu()
             return new
 
         return hook
@@ -816,17 +819,7 @@ def evaluate(
     if bad:
         raise DatasetError(f"Labels {bad} are not among the answers {answers}.")
     answer_token_ids(model, answers)  # fails early when answers share a first token
-    parsed = [
-        c
-        for spec in ([conditions] if isinstance(conditions, str) else conditions)
-        for c in (
-            [spec] if isinstance(spec, Condition) else parse_conditions(spec, tau=tau, rho=rho)
-        )
-    ]
-    names = [c.name for c in parsed]
-    if len(set(names)) != len(names):
-        raise ValueError(f"Condition names must be unique, got {names}.")
-    needs_dims = collect_stats or any(c.needs_dims for c in parsed)
+    parsed = _conditions(conditions, tau=tau, rho=rho)
     identity = {
         "format": FORMAT_VERSION,
         "model": _model_identity(model),
@@ -847,67 +840,45 @@ def evaluate(
     identity = json.loads(json.dumps(identity))  # compare as it reads back from the manifest
     shard = init_distributed()
     run = Path(out).expanduser()
-    selected = list(items[:limit] if limit is not None else items)
     if shard.is_main:
-        manifest = _open_manifest(run, identity)
-        origin = provenance()
-        if "dims" not in manifest:
-            manifest["dims"] = (
-                _resolve_dims(model, items, dims, n_calibration) if needs_dims else None
-            )
-            manifest.update(
-                conditions=identity["conditions"],
-                model=model.describe() | _model_identity(model),
-                dataset=dict(
-                    dataset or {}, n_items=len(items), fingerprint=identity["dataset_fingerprint"]
-                ),
-                summary_settings={"n_boot": n_boot, "level": level},
-                provenance=origin,
-            )
-        manifest.setdefault("sessions", []).append(
-            {
-                "started": origin["created"],
-                "world_size": shard.world_size,
-                "batch_size": batch_size,
-                "device": str(model.device),
-                "limit": limit,
-                "git_commit": origin["git_commit"],
-            }
+
+        def find_dims() -> dict[str, Any] | None:
+            needed = collect_stats or any(c.needs_dims for c in parsed)
+            return _resolve_dims(model, items, dims, n_calibration) if needed else None
+
+        session = {"world_size": shard.world_size, "batch_size": batch_size, "limit": limit}
+        _start_session(
+            run,
+            identity,
+            model=model,
+            find_dims=find_dims,
+            dataset=dict(dataset or {}, n_items=len(items)),
+            session=session,
+            summary_settings={"n_boot": n_boot, "level": level},
         )
-        _write_atomic(run / MANIFEST, json.dumps(manifest, indent=2))
     _barrier(shard)
     manifest = read_manifest(run)
     if manifest["config"] != identity:  # another rank saw a different setup
         raise EvalError(f"Rank {shard.rank}: configuration differs from the run's manifest.")
-    run_dims = None if manifest["dims"] is None else manifest["dims"]["dims"]
-    mine = part_path(run, shard.rank)
-    repair_part(mine)
-    _barrier(shard)
-    done = {record_key(r) for r in load_records(run)}
-    _barrier(shard)  # nobody appends before everyone has read the same done set
-    todo = [
-        (index, item, [c for c in parsed if (item.id, c.name) not in done])
-        for index, item in enumerate(selected)
-    ]
-    todo = [t for t in todo if t[2]]
-    batches = list(batched(todo, batch_size))[shard.rank :: shard.world_size]
-    n_mine = sum(len(b) for b in batches)
+    batches = _my_batches(run, shard, list(items[:limit]), parsed, batch_size)
+    settings = _Settings(
+        answers,
+        max_new_tokens,
+        None if manifest["dims"] is None else manifest["dims"]["dims"],
+        tau,
+        rho,
+        min_image_attention,
+        seed,
+        collect_stats,
+    )
     desc = "eval" if shard.world_size == 1 else f"eval rank {shard.rank}"
-    bar = progress(None, total=n_mine, desc=desc, enabled=show_progress)  # type: ignore[arg-type]
-    settings = _Settings(answers, max_new_tokens, run_dims, tau, rho, min_image_attention, seed)
-    with mine.open("a", encoding="utf-8") as handle:
+    total = sum(len(b) for b in batches)
+    bar = progress(None, total=total, desc=desc, enabled=show_progress)  # type: ignore[arg-type]
+    with part_path(run, shard.rank).open("a", encoding="utf-8") as handle:
         for batch in batches:
-            whole: ModelInputs | None = None
-            for condition in parsed:
-                subset = [(index, item) for index, item, pending in batch if condition in pending]
-                if not subset:
-                    continue
-                if len(subset) < len(batch):  # a resumed batch where some items are done
-                    inputs = build_batch(model, [(item.image, item.text) for _, item in subset])
-                else:
-                    whole = whole or build_batch(model, [(i.image, i.text) for _, i, _ in batch])
-                    inputs = whole
-                records = _run_condition(model, inputs, subset, condition, settings, collect_stats)
+            for records in _run_batch(model, batch, parsed, settings):
+                # One write per condition and batch, flushed to disk: a kill loses at
+                # most the records being written, and cuts at most one line short.
                 handle.write("".join(json.dumps(r) + "\n" for r in records))
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -915,16 +886,104 @@ def evaluate(
     bar.close()
     _barrier(shard)
     if shard.is_main:
-        result = merge_run(run)
+        merge_run(run)
     _barrier(shard)
-    if not shard.is_main:
-        result = EvalResult(
-            run_dir=run,
-            records=load_records(run),
-            summary_data=json.loads((run / SUMMARY).read_text()),
-            config=read_manifest(run),
+    return EvalResult(
+        run_dir=run,
+        records=load_records(run),
+        summary_data=json.loads((run / SUMMARY).read_text()),
+        config=read_manifest(run),
+    )
+
+
+Pending = tuple[int, Item, list[Condition]]  # (dataset index, item, conditions not yet done)
+
+
+def _conditions(
+    conditions: str | Sequence[str | Condition], *, tau: float, rho: float
+) -> list[Condition]:
+    specs = [conditions] if isinstance(conditions, str) else list(conditions)
+    parsed = [
+        c
+        for spec in specs
+        for c in (
+            [spec] if isinstance(spec, Condition) else parse_conditions(spec, tau=tau, rho=rho)
         )
-    return result
+    ]
+    names = [c.name for c in parsed]
+    if not parsed or len(set(names)) != len(names):
+        raise ValueError(f"Conditions must be non-empty with unique names, got {names}.")
+    return parsed
+
+
+def _start_session(
+    run: Path,
+    identity: dict[str, Any],
+    *,
+    model: LoadedModel,
+    find_dims: Callable[[], dict[str, Any] | None],
+    dataset: dict[str, Any],
+    session: dict[str, Any],
+    summary_settings: dict[str, Any],
+) -> None:
+    """Create or check the manifest (rank 0 only) and record this session in it."""
+    manifest = _open_manifest(run, identity)
+    origin = provenance()
+    if "dims" not in manifest:  # a new run: decide the sink dims once, for every session
+        manifest.update(
+            dims=find_dims(),
+            conditions=identity["conditions"],
+            model=model.describe() | _model_identity(model),
+            dataset=dict(dataset, fingerprint=identity["dataset_fingerprint"]),
+            provenance=origin,
+        )
+    manifest["summary_settings"] = summary_settings  # not identity: the latest wins
+    manifest.setdefault("sessions", []).append(
+        {
+            "started": origin["created"],
+            "device": str(model.device),
+            "git_commit": origin["git_commit"],
+            **session,
+        }
+    )
+    _write_atomic(run / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def _my_batches(
+    run: Path, shard: Shard, selected: list[Item], parsed: list[Condition], batch_size: int
+) -> list[list[Pending]]:
+    """This rank's batches of the items with conditions not done yet.
+
+    Batches are formed over all pending items and then dealt round-robin, so
+    a fresh sharded run puts the same items together as a single process.
+    """
+    repair_part(part_path(run, shard.rank))
+    _barrier(shard)
+    done = {record_key(r) for r in load_records(run)}
+    _barrier(shard)  # nobody appends before everyone has read the same done set
+    todo = [
+        (index, item, [c for c in parsed if (item.id, c.name) not in done])
+        for index, item in enumerate(selected)
+    ]
+    pending = [t for t in todo if t[2]]
+    return list(batched(pending, batch_size))[shard.rank :: shard.world_size]
+
+
+def _run_batch(
+    model: LoadedModel, batch: list[Pending], parsed: list[Condition], settings: _Settings
+) -> Iterable[list[dict[str, Any]]]:
+    """Records of each pending condition of a batch, condition by condition."""
+    whole: ModelInputs | None = None
+    for condition in parsed:
+        subset = [(index, item) for index, item, pending in batch if condition in pending]
+        if not subset:
+            continue
+        if len(subset) < len(batch):  # a resumed batch where some items are done
+            inputs = build_batch(model, [(item.image, item.text) for _, item in subset])
+        else:
+            whole = whole or build_batch(model, [(i.image, i.text) for _, i, _ in batch])
+            inputs = whole
+        yield _run_condition(model, inputs, subset, condition, settings)
 
 
 @dataclass(frozen=True)
@@ -936,6 +995,7 @@ class _Settings:
     rho: float
     min_image_attention: float
     seed: int
+    collect_stats: bool
 
 
 def _open_manifest(run: Path, identity: dict[str, Any]) -> dict[str, Any]:
@@ -986,14 +1046,13 @@ def _run_condition(
     subset: list[tuple[int, Item]],
     condition: Condition,
     settings: _Settings,
-    collect_stats: bool,
 ) -> list[dict[str, Any]]:
     """One condition on one batch: per-item records."""
     fwd: list[tuple[str, HookFn]] = []
     stats: PrefillStats | None = None
     tracker: VarTracker | None = None
     knock: KnockOut | None = None
-    if condition.kind == "baseline" and collect_stats:
+    if condition.kind == "baseline" and settings.collect_stats:
         assert settings.dims is not None
         stats = PrefillStats(
             model,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from analysis import cli
@@ -33,6 +34,16 @@ SHARDED_ARGS = [
     "337,771",
     "--no-progress",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the hooks run many small ops, and on a shared 2-core machine
+    two threads spin-wait for each other (several times the CPU time of one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -221,6 +221,16 @@ def test_parts_tolerate_a_truncated_last_line(tmp_path):
 # ============================================================================ demo model runs
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the hooks run many small ops, and on a shared 2-core machine
+    two threads spin-wait for each other (several times the CPU time of one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def demo():
     return load_model(DEMO_MODEL_DIR, device="cpu")
