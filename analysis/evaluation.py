@@ -30,7 +30,8 @@ sharded run computes bit for bit what a single process computes.
 Metrics (pure functions, vectorised over bootstrap resamples): POPE accuracy,
 precision, recall, F1 and yes-ratio with percentile bootstrap CIs, and against
 the baseline the paired accuracy difference (bootstrap CI), the exact McNemar
-test and the mean change of the label's log-probability.
+test and the mean change of the label's log-probability and of its margin over
+the other answers (the log-odds for yes/no, which does not saturate).
 """
 
 from __future__ import annotations
