@@ -19,6 +19,7 @@ next-token distribution and the greedy answer.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -70,6 +71,9 @@ class KnockOut:
         queries: query positions [batch, pos] for the prefill (default: text tokens).
         positions: key positions for ``target="positions"`` (same for every sample).
         draw: index of the random draw (``target="random"``), combined with ``seed``.
+        sample_keys: an identity per sample (e.g. a dataset item id) that seeds its
+            random draw, so an item gets the same tokens whatever batch or process
+            it lands in; default: the row index.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class KnockOut:
         positions: Sequence[int] | None = None,
         seed: int = 0,
         draw: int = 0,
+        sample_keys: Sequence[str | int] | None = None,
     ) -> None:
         if target not in TARGETS:
             raise ValueError(f"Unknown target {target!r}; choose from {TARGETS}.")
@@ -106,6 +111,13 @@ class KnockOut:
         self.queries = inputs.text if queries is None else queries.bool() & self.valid
         self.positions = positions
         self.seed, self.draw = seed, draw
+        self.sample_keys = (
+            list(range(self.valid.shape[0])) if sample_keys is None else list(sample_keys)
+        )
+        if len(self.sample_keys) != self.valid.shape[0]:
+            raise ValueError(
+                f"{len(self.sample_keys)} sample keys for a batch of {self.valid.shape[0]}."
+            )
         self.keys: dict[int, torch.Tensor] = {}
         self._seen: dict[int, int] = {}
         if positions is not None:
@@ -134,7 +146,8 @@ class KnockOut:
         nonsink = self.visual & self.valid & ~sinks
         if self.target == "nonsink":
             return nonsink
-        return _random_like(sinks, nonsink, self.seed, self.draw, layer)
+        seeds = [stable_seed(self.seed, key, self.draw, layer) for key in self.sample_keys]
+        return random_keys(sinks, nonsink, seeds)
 
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
         out: list[tuple[str, HookFn]] = []
@@ -176,21 +189,29 @@ class KnockOut:
         return {layer: keys.sum(-1).tolist() for layer, keys in self.keys.items()}
 
 
-def _random_like(
-    sinks: torch.Tensor, pool: torch.Tensor, seed: int, draw: int, layer: int
-) -> torch.Tensor:
-    """Per sample, as many random ``pool`` positions as there are ``sinks`` (seeded)."""
+def stable_seed(*parts: Any) -> int:
+    """A seed from any values, stable across processes and Python runs (unlike hash())."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def random_keys(
+    sinks: Bool[torch.Tensor, "batch pos"],
+    pool: Bool[torch.Tensor, "batch pos"],
+    seeds: Sequence[int],
+) -> Bool[torch.Tensor, "batch pos"]:
+    """Per row, as many random ``pool`` positions as the row has ``sinks``, drawn with ``seeds[row]``.
+
+    Candidates are taken in position order, so left padding does not change
+    which tokens are drawn.
+    """
     out = torch.zeros_like(pool)
-    for index in range(pool.shape[0]):
-        candidates = torch.nonzero(pool[index]).flatten()
-        k = min(int(sinks[index].sum()), candidates.numel())
-        if k == 0:
-            continue
-        generator = torch.Generator().manual_seed(
-            ((seed * 1009 + draw) * 1013 + layer) * 1019 + index
-        )
-        chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:k]]
-        out[index, chosen] = True
+    for row, seed in enumerate(seeds):
+        candidates = torch.nonzero(pool[row]).flatten()
+        k = min(int(sinks[row].sum()), candidates.numel())
+        if k:
+            generator = torch.Generator().manual_seed(int(seed))
+            out[row, candidates[torch.randperm(candidates.numel(), generator=generator)[:k]]] = True
     return out
 
 

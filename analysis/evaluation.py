@@ -388,54 +388,6 @@ def _mean_stat(values: np.ndarray) -> dict[str, np.ndarray]:
 # =============================================================================== hooks
 
 
-def _stable_seed(*parts: Any) -> int:
-    """A seed from any values, stable across processes and Python runs (unlike hash())."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def random_keys(
-    sinks: Bool[torch.Tensor, "batch pos"],
-    pool: Bool[torch.Tensor, "batch pos"],
-    seeds: Sequence[int],
-) -> Bool[torch.Tensor, "batch pos"]:
-    """Per row, as many random ``pool`` positions as the row has ``sinks``, drawn with ``seeds[row]``.
-
-    Candidates are taken in position order, so left padding does not change
-    which tokens are drawn.
-    """
-    out = torch.zeros_like(pool)
-    for row, seed in enumerate(seeds):
-        candidates = torch.nonzero(pool[row]).flatten()
-        k = min(int(sinks[row].sum()), candidates.numel())
-        if k:
-            generator = torch.Generator().manual_seed(int(seed))
-            out[row, candidates[torch.randperm(candidates.numel(), generator=generator)[:k]]] = True
-    return out
-
-
-class ItemSeededKnockOut(KnockOut):
-    """:class:`KnockOut` whose random draws are seeded per item, not per row of the batch.
-
-    The same item gets the same random tokens whatever batch or process it
-    lands in, which keeps results independent of batch size and sharding.
-    """
-
-    def __init__(self, *args: Any, item_keys: Sequence[str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.item_keys = list(item_keys)
-
-    def _resolve_keys(self, layer: int, resid: torch.Tensor | None) -> torch.Tensor:
-        if self.target != "random":
-            return super()._resolve_keys(layer, resid)
-        assert resid is not None
-        assert self.dims is not None
-        sinks = (phi(resid, self.dims).cpu() >= self.tau) & self.visual & self.valid
-        pool = self.visual & self.valid & ~sinks
-        seeds = [_stable_seed(self.seed, key, self.draw, layer) for key in self.item_keys]
-        return random_keys(sinks, pool, seeds)
-
-
 class PrefillStats:
     """Sink counts and head scores of one batch, collected by hooks during the prefill.
 
@@ -1070,7 +1022,7 @@ def _run_condition(
         fwd = tracker.wrap(var.fwd_hooks())
     elif condition.kind == "ablate":
         assert condition.target is not None
-        knock = ItemSeededKnockOut(
+        knock = KnockOut(
             model,
             inputs,
             target=condition.target,  # type: ignore[arg-type]
@@ -1080,7 +1032,7 @@ def _run_condition(
             layers=condition.layers,
             seed=settings.seed,
             draw=condition.draw,
-            item_keys=[item.id for _, item in subset],
+            sample_keys=[item.id for _, item in subset],
         )
         fwd = knock.fwd_hooks()
     logprobs, texts = score_batch(

@@ -7,10 +7,10 @@ import torch
 from conftest import make_image
 
 from analysis import hooks
-from analysis.ablation import KnockOut, ablate, block_scores, zero_pattern
+from analysis.ablation import KnockOut, ablate, block_scores, random_keys, zero_pattern
 from analysis.capture import forward
 from analysis.generation import generate
-from analysis.tokens import build_inputs
+from analysis.tokens import build_batch, build_inputs
 
 
 def _inputs(model):
@@ -122,3 +122,39 @@ def test_ablate_reports_conditions(tiny_models):
     assert summary["baseline"]["delta_logprob_mean"] == 0.0
     with pytest.raises(ValueError, match="Unknown target"):
         KnockOut(model, inputs, target="everything")
+
+
+def test_random_keys_do_not_depend_on_padding():
+    sinks = torch.tensor([[0, 1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    pool = torch.tensor([[1, 0, 0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    drawn = random_keys(sinks, pool, [123])
+    assert int(drawn.sum()) == 2
+    assert not (drawn & ~pool).any()
+    padded = random_keys(
+        torch.nn.functional.pad(sinks, (3, 0)), torch.nn.functional.pad(pool, (3, 0)), [123]
+    )
+    assert torch.equal(padded[:, 3:], drawn)
+
+
+def test_random_draw_follows_the_sample_key_not_the_batch(tiny_models):
+    """With sample keys, an item's random tokens do not depend on its batch mates or row."""
+    model = tiny_models["llava"]
+    first = (make_image(seed=5), "describe")
+    second = (make_image(36, 30, seed=6), "is there a red object in the image ?")
+    together = build_batch(model, [first, second])
+    alone = build_batch(model, [second])
+    drawn = []
+    for inputs, keys in ((together, ["a", "b"]), (alone, ["b"])):
+        knock = KnockOut(
+            model, inputs, target="random", dims=[3, 9], tau=1.5, seed=7, sample_keys=keys
+        )
+        forward(model, inputs, knock.fwd_hooks())
+        drawn.append(knock.keys)
+    n_alone = alone.input_ids.shape[1]
+    counts = 0
+    for layer, keys in drawn[1].items():
+        assert torch.equal(drawn[0][layer][1, -n_alone:], keys[0])
+        counts += int(keys.sum())
+    assert counts > 0
+    with pytest.raises(ValueError, match="sample keys"):
+        KnockOut(model, alone, target="random", dims=[3], sample_keys=["a", "b"])

@@ -29,7 +29,6 @@ from analysis.evaluation import (
     parse_yes_no,
     pope_metrics,
     predict_from_text,
-    random_keys,
     read_part,
     repair_part,
     summarize,
@@ -190,18 +189,6 @@ def test_condition_grammar():
     ]:
         with pytest.raises(ValueError, match=message):
             parse_conditions(bad)
-
-
-def test_random_keys_do_not_depend_on_padding():
-    sinks = torch.tensor([[0, 1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
-    pool = torch.tensor([[1, 0, 0, 1, 1, 1, 1, 1]], dtype=torch.bool)
-    drawn = random_keys(sinks, pool, [123])
-    assert int(drawn.sum()) == 2
-    assert not (drawn & ~pool).any()
-    padded = random_keys(
-        torch.nn.functional.pad(sinks, (3, 0)), torch.nn.functional.pad(pool, (3, 0)), [123]
-    )
-    assert torch.equal(padded[:, 3:], drawn)
 
 
 def test_parts_tolerate_a_truncated_last_line(tmp_path):
