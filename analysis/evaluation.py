@@ -49,17 +49,15 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
-from analysis import hooks
 from analysis.ablation import TARGETS, KnockOut, Mode
-from analysis.capture import HookFn, batched, bind, progress
+from analysis.capture import HookFn, batched, progress
 from analysis.datasets import DatasetError, Item, fingerprint
 from analysis.generation import answer_logprobs, answer_token_ids, generate, next_token_logprobs
-from analysis.heads import HeadScores
+from analysis.heads import HeadStatsHooks
 from analysis.results import ResultMixin, provenance, to_jsonable
-from analysis.sinks import DEFAULT_TAU, phi
+from analysis.sinks import DEFAULT_TAU
 from analysis.tokens import build_batch
 from analysis.var import VarConfig, VarIntervention
-from analysis.var_math import image_attention_stats
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
@@ -388,14 +386,8 @@ def _mean_stat(values: np.ndarray) -> dict[str, np.ndarray]:
 # =============================================================================== hooks
 
 
-class PrefillStats:
-    """Sink counts and head scores of one batch, collected by hooks during the prefill.
-
-    Per layer: the visual sinks of the layer input (phi >= tau), then s and r
-    of every (head, query) from that layer's pattern, reduced at once to
-    [batch, layer, head, pos] numbers (no [query, key] pattern is kept).
-    Decoding steps are ignored.
-    """
+class PrefillStats(HeadStatsHooks):
+    """Sink counts and head scores of one batch, collected during the prefill of a run."""
 
     def __init__(
         self,
@@ -407,59 +399,21 @@ class PrefillStats:
         rho: float,
         min_image_attention: float,
     ) -> None:
-        self.dims, self.tau = [int(d) for d in dims], tau
+        super().__init__(model, inputs, dims=dims, tau=tau)
         self.rho, self.min_image_attention = rho, min_image_attention
-        self.visual = inputs.visual
-        self.valid = inputs.stack("attention_mask")
-        self.queries = inputs.queries
-        batch, self.prefill_len = inputs.input_ids.shape
-        shape = (batch, model.n_layers, model.n_heads, self.prefill_len)
-        self.s, self.r = torch.zeros(shape), torch.zeros(shape)
-        self.counts = torch.zeros(batch, model.n_layers, dtype=torch.long)
-        self.n_layers = model.n_layers
-        self._sinks: dict[int, torch.Tensor] = {}
-
-    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
-        out: list[tuple[str, HookFn]] = []
-        for layer in range(self.n_layers):
-            out.append((hooks.resid_pre(layer), bind(self._on_resid, layer)))
-            out.append((hooks.attn_pattern(layer), bind(self._on_pattern, layer)))
-        return out
-
-    def _on_resid(self, resid: torch.Tensor, hook: Any, layer: int) -> None:
-        if resid.shape[1] != self.prefill_len:
-            return
-        device = resid.device
-        sinks = (phi(resid, self.dims) >= self.tau) & (self.valid & self.visual).to(device)
-        self._sinks[layer] = sinks
-        self.counts[:, layer] = sinks.sum(-1).cpu()
-
-    def _on_pattern(self, pattern: torch.Tensor, hook: Any, layer: int) -> None:
-        if pattern.shape[2] != self.prefill_len:
-            return
-        visual = self.visual.to(pattern.device)
-        s, r = image_attention_stats(pattern, visual=visual, sinks=self._sinks[layer])
-        self.s[:, layer], self.r[:, layer] = s.cpu(), r.cpu()
 
     def per_sample(self) -> list[dict[str, Any]]:
         """Per sample: visual sinks per layer and [layer][head] means of s, r, selected."""
-        scores = HeadScores(
-            s=self.s,
-            r=self.r,
-            queries=self.queries,
-            has_visual_sink=self.counts > 0,
-            rho=self.rho,
-            min_image_attention=self.min_image_attention,
-        )
+        scores = self.scores(rho=self.rho, min_image_attention=self.min_image_attention)
         means = scores.per_sample()
         # 4 decimals keep per-item head scores readable and small (32 x 32 heads per item).
         rounded = {k: np.round(v.double().numpy(), 4) for k, v in means.items()}
         return [
             {
-                "sinks": self.counts[b].tolist(),
+                "sinks": self.sink_counts[b].tolist(),
                 "heads": {k: v[b].tolist() for k, v in rounded.items()},
             }
-            for b in range(self.counts.shape[0])
+            for b in range(self.sink_counts.shape[0])
         ]
 
 

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from analysis import hooks
-from analysis.capture import bind, forward, progress
+from analysis.capture import HookFn, bind, forward, progress
 from analysis.results import ResultMixin, provenance
 from analysis.sinks import DEFAULT_TAU, phi
 from analysis.var_math import image_attention_stats
@@ -195,31 +195,67 @@ def score_heads(
     )
 
 
+class HeadStatsHooks:
+    """Hooks that reduce one batch's prefill to visual sink counts and s, r per head and query.
+
+    Per layer: the visual sinks of the layer input (phi >= tau), then s and r
+    of every (head, query) from that layer's pattern. Decoding steps (a
+    different query length) are ignored, so the hooks can ride along with
+    generation.
+    """
+
+    def __init__(
+        self, model: LoadedModel, inputs: ModelInputs, *, dims: Sequence[int], tau: float
+    ) -> None:
+        self.dims, self.tau = [int(d) for d in dims], float(tau)
+        self.n_layers = model.n_layers
+        self.visual = inputs.visual
+        self.valid = inputs.stack("attention_mask")
+        self.queries = inputs.queries
+        batch, self.prefill_len = inputs.input_ids.shape
+        shape = (batch, model.n_layers, model.n_heads, self.prefill_len)
+        self.s: Float[torch.Tensor, "batch layer head pos"] = torch.zeros(shape)
+        self.r: Float[torch.Tensor, "batch layer head pos"] = torch.zeros(shape)
+        self.sink_counts = torch.zeros(batch, model.n_layers, dtype=torch.long)
+        self._sinks: dict[int, torch.Tensor] = {}
+
+    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
+        out: list[tuple[str, HookFn]] = []
+        for layer in range(self.n_layers):
+            out.append((hooks.resid_pre(layer), bind(self._on_resid, layer)))
+            out.append((hooks.attn_pattern(layer), bind(self._on_pattern, layer)))
+        return out
+
+    def _on_resid(self, resid: torch.Tensor, hook: Any, layer: int) -> None:
+        if resid.shape[1] != self.prefill_len:
+            return
+        device = resid.device
+        sinks = (phi(resid, self.dims) >= self.tau) & (self.valid & self.visual).to(device)
+        self._sinks[layer] = sinks
+        self.sink_counts[:, layer] = sinks.sum(-1).cpu()
+
+    def _on_pattern(self, pattern: torch.Tensor, hook: Any, layer: int) -> None:
+        if pattern.shape[2] != self.prefill_len:
+            return
+        visual = self.visual.to(pattern.device)
+        s, r = image_attention_stats(pattern, visual=visual, sinks=self._sinks[layer])
+        self.s[:, layer], self.r[:, layer] = s.cpu(), r.cpu()
+
+    def scores(self, *, rho: float, min_image_attention: float) -> HeadScores:
+        return HeadScores(
+            s=self.s,
+            r=self.r,
+            queries=self.queries,
+            has_visual_sink=self.sink_counts > 0,
+            rho=rho,
+            min_image_attention=min_image_attention,
+        )
+
+
 def _score_batch(
     model: LoadedModel, batch: ModelInputs, dims: Sequence[int], tau: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward: sinks at each layer input, then s and r from that layer's pattern."""
-    visual = batch.visual
-    valid = batch.stack("attention_mask")
-    size, length = batch.input_ids.shape
-    s_out = torch.zeros(size, model.n_layers, model.n_heads, length)
-    r_out = torch.zeros_like(s_out)
-    has_sink = torch.zeros(size, model.n_layers, dtype=torch.bool)
-    sinks: dict[int, torch.Tensor] = {}
-
-    def on_resid(resid: torch.Tensor, hook: Any, layer: int) -> None:
-        device = resid.device
-        sinks[layer] = (phi(resid, dims) >= tau) & valid.to(device) & visual.to(device)
-
-    def on_pattern(pattern: torch.Tensor, hook: Any, layer: int) -> None:
-        s, r = image_attention_stats(pattern, visual=visual.to(pattern.device), sinks=sinks[layer])
-        s_out[:, layer] = s.cpu()
-        r_out[:, layer] = r.cpu()
-        has_sink[:, layer] = sinks[layer].any(-1).cpu()
-
-    fwd = []
-    for layer in range(model.n_layers):
-        fwd.append((hooks.resid_pre(layer), bind(on_resid, layer)))
-        fwd.append((hooks.attn_pattern(layer), bind(on_pattern, layer)))
-    forward(model, batch, fwd)
-    return s_out, r_out, has_sink
+    """One forward with :class:`HeadStatsHooks`; returns s, r and which layers hold a sink."""
+    stats = HeadStatsHooks(model, batch, dims=dims, tau=tau)
+    forward(model, batch, stats.fwd_hooks())
+    return stats.s, stats.r, stats.sink_counts > 0
