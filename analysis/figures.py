@@ -432,6 +432,31 @@ def result_data(result: Any) -> dict[str, Any]:
     return payload
 
 
+def figure_data(name: str, results: FigureResults) -> dict[str, Any]:
+    """The data a figure was drawn from: its results, cut to what the figure reads.
+
+    Most figures read their results whole; the sink figures read one sample's
+    phi or only the per-layer counts, so their JSON holds just that (with the
+    result's summary and configuration).
+    """
+    spec = {s.name: s for s in FIGURES}[name]
+    sinks = results.sinks
+    if name == "fig1_sink_map":
+        geometry = sinks.layouts[results.focus].geometry
+        payload = sinks.to_json()
+        payload["tensors"] = {
+            "phi_visual": _tensor_data(sinks.phi[results.focus][:, geometry.positions]),
+            "row": geometry.row.tolist(),
+            "col": geometry.col.tolist(),
+        }
+        return {"sinks": payload}
+    if name == "sink_counts":
+        payload = sinks.to_json()
+        payload["tensors"] = {key: value.tolist() for key, value in sinks.counts().items()}
+        return {"sinks": payload}
+    return {key: result_data(getattr(results, key)) for key in spec.results}
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -454,12 +479,20 @@ class FigureSet:
 
     def markdown(self) -> str:
         """A README for the folder: each figure, the paper figure it reproduces, the command."""
+        from analysis.loading import DEMO_MODEL_DIR
+
         config = self.results.config
+        model_path = Path(config["model"]["name_or_path"])
+        model = (
+            "the bundled **synthetic** demo model (constructed weights with a planted sink, "
+            "not a trained model; ground truth in `analysis/demo/ground_truth.json`)"
+            if model_path.resolve() == DEMO_MODEL_DIR.resolve()
+            else f"`{config['model']['name_or_path']}`"
+        )
         lines = [
             "# Figures",
             "",
-            f"Made by `{self.command}` (`analysis.figures.make_figures`) on "
-            f"`{Path(config['model']['name_or_path']).name}` "
+            f"Made by `{self.command}` (`analysis.figures.make_figures`) on {model} "
             f"({config['model']['family']}, {config['model']['n_layers']} layers), "
             f"{len(config['images'])} image(s), prompt *{config['prompt']}*, "
             f"sink dims {config['dims']}, tau {config['tau']:g}, rho {config['rho']:g}, "
@@ -607,7 +640,7 @@ def write_figures(
                 "title": spec.title,
                 "description": spec.description,
                 "config": to_jsonable(results.config),
-                "results": {key: result_data(getattr(results, key)) for key in spec.results},
+                "results": figure_data(name, results),
             }
             files["json"] = out / f"{name}.json"
             files["json"].write_text(json.dumps(payload, separators=(",", ":")))

@@ -630,11 +630,12 @@ def phi_vs_attention(
             "text": f"phi vs attention received (layers {_span(chosen_layers)}, "
             f"{received.phi.shape[0]} sample(s))"
         },
-        width=820,
+        width=980,
         height=560,
         template=TEMPLATE,
-        margin={"l": 90, "r": 30, "t": 80, "b": 70},
-        legend={"x": 0.01, "y": 0.99, "xanchor": "left", "yanchor": "top"},
+        margin={"l": 90, "r": 200, "t": 80, "b": 70},
+        # Outside the axes: data can sit anywhere in phi x attention.
+        legend={"x": 1.02, "y": 1.0, "xanchor": "left", "yanchor": "top"},
     )
     return fig
 

@@ -705,5 +705,7 @@ def _legend(canvas: _Canvas) -> None:
         fontsize=9,
         frameon=False,
         handlelength=1.4,
+        numpoints=1,
+        scatterpoints=1,
         columnspacing=1.2,
     )

@@ -55,7 +55,7 @@ def test_make_figures_writes_every_figure(demo, tmp_path):
     assert not re.search(r"<script[^>]+src=\"https?:", (out / "fig5_var.html").read_text())
     sinks = json.loads((out / "sink_counts.json").read_text())["results"]["sinks"]
     assert sinks["tau"] == 20.0
-    assert len(sinks["tensors"]["phi"]) == len(IMAGES)
+    assert len(sinks["tensors"]["visual"]) == len(IMAGES)  # visual sinks per sample and layer
     readme = (out / "README.md").read_text()
     for spec in FIGURES:
         assert f"`{spec.name}`" in readme
