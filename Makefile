@@ -31,5 +31,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+figures: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/vsink figures --out figures
+
+# Re-pair the notebooks after editing either side (.py is the reviewed source).
+notebooks: $(STAMP)
+	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
