@@ -60,7 +60,7 @@ FIGURES: tuple[FigureSpec, ...] = (
         "Fig. 1",
         "Attention of text tokens over the image",
         "Attention from several text tokens of the prompt to the visual tokens, over the "
-        "image, on one colour scale; visual sinks (phi >= tau) outlined. The same few "
+        "image, on one colour scale; visual sinks (phi >= tau) outlined. Paper: the same few "
         "background tokens light up whatever the text token.",
         ("text_maps",),
     ),
@@ -118,7 +118,7 @@ FIGURES: tuple[FigureSpec, ...] = (
         "Fig. 4",
         "Heads with high vs low visual non-sink ratio",
         "Attention over the image of the heads with the highest and the lowest visual "
-        "non-sink ratio r: high-r heads look at the object, low-r heads at the sinks.",
+        "non-sink ratio r. Paper: high-r heads look at the object, low-r heads at the sinks.",
         ("contrast_maps", "heads"),
     ),
     FigureSpec(
@@ -126,7 +126,7 @@ FIGURES: tuple[FigureSpec, ...] = (
         "Fig. 5",
         "VAR: attention of an image-centric head before and after",
         "An image-centric head's attention over the image without and with VAR, and the "
-        "change: attention moves from the sinks to the object.",
+        "change (VAR moves attention from the sinks to the non-sink visual tokens).",
         ("var",),
     ),
     FigureSpec(
@@ -349,8 +349,13 @@ def compute_results(
 
 
 def _image_name(image: Any) -> str:
+    """An image path as given, relative to the working directory when inside it."""
     if isinstance(image, str | Path):
-        return str(image)
+        path = Path(image)
+        try:
+            return str(path.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(path)
     return type(image).__name__
 
 
@@ -508,7 +513,8 @@ class FigureSet:
         for item in self.figures:
             spec = item.spec
             links = " ".join(f"[{kind}]({path.name})" for kind, path in sorted(item.files.items()))
-            lines.append(f"| `{spec.name}` | {spec.paper} | {spec.description} | {links} |")
+            shows = spec.description.replace("|", "\\|")  # |x_d| would split the table row
+            lines.append(f"| `{spec.name}` | {spec.paper} | {shows} | {links} |")
         lines.append("")
         for item in self.figures:
             if "png" in item.files:
