@@ -237,7 +237,7 @@ def compute_results(
     from analysis.heads import score_heads
     from analysis.sinks import find_sinks
     from analysis.tokens import build_batch, build_inputs
-    from analysis.var import VarConfig, var_attention
+    from analysis.var import VarConfig, default_var_layers, var_attention
 
     images = list(images)
     if not images:
@@ -274,7 +274,9 @@ def compute_results(
     )
     step("hidden states")
     inputs = per_image[focus]
-    ranked = heads.ranked()
+    # The strongest image-centric head in a layer VAR acts on (2 .. L-2 by default).
+    var_layers = set(default_var_layers(model.n_layers))
+    ranked = [row for row in heads.ranked() if int(row["layer"]) in var_layers]
     best = (int(ranked[0]["layer"]), int(ranked[0]["head"])) if ranked else None
     if layer is not None:
         map_layer = int(layer)

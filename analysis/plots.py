@@ -801,7 +801,9 @@ def contribution_bars(
         fig.update_yaxes(type="log", row=1, col=col)
         fig.update_xaxes(title_text="layer", type="category", row=1, col=col)
     fig.update_yaxes(title_text="mean over heads (log scale)", row=1, col=1)
-    ratio = result.summary().get("sink_to_nonsink_contribution")
+    means = result.group_mean("contribution")
+    sink, other = means.get("visual sink", math.nan), means.get("visual non-sink", math.nan)
+    ratio = sink / other if math.isfinite(sink) and math.isfinite(other) and other > 0 else None
     ratio_text = (
         ""
         if ratio is None
@@ -813,7 +815,7 @@ def contribution_bars(
         width=1250,
         height=480,
         template=TEMPLATE,
-        margin={"l": 80, "r": 30, "t": 100, "b": 70},
+        margin={"l": 100, "r": 30, "t": 100, "b": 70},
         legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.1, "yanchor": "bottom"},
     )
     return fig
@@ -879,7 +881,8 @@ def attention_comparison(
         )
     if difference:
         diff = grids[1] - grids[0]
-        bound = float(torch.nan_to_num(diff, nan=0.0).abs().max()) or 1e-12
+        # A floor keeps float noise of an unchanged map (VAR selecting no row) white.
+        bound = max(float(torch.nan_to_num(diff, nan=0.0).abs().max()), 1e-6)
         add_overlay(
             fig,
             diff,

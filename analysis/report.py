@@ -119,7 +119,10 @@ def _summary_tables(results: FigureResults, answers: dict[str, str]) -> str:
             ("VAR layers", ", ".join(str(x) for x in record.layers)),
         ],
     )
-    contribution = results.contribution.summary()
+    contribution = {
+        name: results.contribution.group_mean(name)
+        for name in ("contribution", "attention", "value_norm")
+    }
     contrib = _table(
         ("key group", "contribution per pair", "attention per key", "value norm"),
         [
