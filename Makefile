@@ -38,5 +38,10 @@ figures: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
 
+# CPU, a few minutes: writes benchmarks/results.json and regenerates benchmarks/RESULTS.md.
+# GPU: make bench BENCH_ARGS="--device cuda --dtype bfloat16"; no --quick: BENCH_ARGS=--full.
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run.py --quick --out benchmarks/results.json --md benchmarks/RESULTS.md $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

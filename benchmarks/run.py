@@ -1,0 +1,784 @@
+"""Benchmarks: the cost of analysis and of VAR, measured against plain inference.
+
+    python benchmarks/run.py --quick                  # what `make bench` runs (CPU, minutes)
+    python benchmarks/run.py --device cuda --dtype bfloat16 --repeats 10
+    python benchmarks/run.py --areas forward,generation --models demo
+
+Areas (``--areas``, default all):
+
+* ``forward``: plain HF eager forward vs the bridge's hooked forward (no hooks),
+  VAR prefill vs hooked, and a naive per-head per-row loop vs vectorised VAR;
+* ``generation``: greedy generation with a KV cache, 32 new tokens, with and
+  without VAR (tokens/s end to end and decode only);
+* ``memory``: peak memory of ``score_heads`` + ``find_sinks`` over N images
+  (fresh subprocess per N) vs the full [layer, head, query, key] pattern cache;
+* ``batch``: answer scoring items/s at batch size 4 vs 1;
+* ``parallel``: ``vsink eval`` on a dataset shard, two processes vs one.
+
+Models (``--models``): ``llava7b_shape`` (LLaVA-1.5-7B's layer shape, d_model
+4096, 32 heads, MLP 11008, 576 visual + ~60 text tokens, ``--layers`` layers,
+random weights with planted visual sinks) and ``demo`` (the bundled model).
+
+Every ratio compares variants run in the same process, interleaved, and is the
+median of per-repeat ratios. Results go to ``--out`` (JSON) and ``--md``
+(Markdown, via ``report.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+import report
+import torch
+from common import BenchModel, Metric
+
+AREAS = ("forward", "generation", "memory", "batch", "parallel")
+MODELS = ("llava7b_shape", "demo")
+MEMORY_NS = (1, 8, 32)
+NEW_TOKENS = 32
+
+# Targets from the issue (#9).
+HOOKED_VS_PLAIN_MAX = 1.05
+VAR_PREFILL_MAX = 1.10
+VAR_GENERATION_MIN = 0.90
+MEMORY_FLAT_MAX = 1.10  # peak(N=32) / peak(N=1)
+MEMORY_PER_IMAGE_MAX_FRACTION = 0.10  # extra bytes per image / full pattern cache per image
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# =============================================================================== forward
+
+
+def bench_forward(
+    bm: BenchModel, *, repeats: int, device: torch.device, warmup: Sequence[str] | None = None
+) -> list[Metric]:
+    """Plain HF vs hooked forward; VAR prefill vs hooked; naive loop vs vectorised VAR."""
+    from analysis.capture import forward
+    from analysis.var import VarConfig, VarIntervention
+
+    loaded = bm.loaded
+    inputs = bm.inputs()
+    twin = common.plain_twin(loaded)
+    tensors = {k: v.to(device) for k, v in inputs.tensors.items()}
+    config = VarConfig(layers=bm.var_layers)
+    last: dict[str, Any] = {}
+
+    def plain() -> None:
+        with torch.no_grad():
+            last["plain"] = twin(**tensors).logits
+
+    def hooked() -> None:
+        last["hooked"] = forward(loaded, inputs)
+
+    def var() -> None:
+        # Built per call, as run_with_var does: its set-up is part of the cost.
+        intervention = VarIntervention(loaded, inputs, dims=bm.dims, config=config)
+        last["var"] = forward(loaded, inputs, intervention.fwd_hooks())
+        last["var_record"] = intervention.record()
+
+    def naive() -> None:
+        reference = common.NaiveVar(loaded, inputs, dims=bm.dims, config=config)
+        last["naive"] = forward(loaded, inputs, reference.fwd_hooks())
+        last["naive_changed"] = reference.changed
+
+    log(f"{bm.key}: forward x4 variants, {repeats} repeats")
+    samples = common.interleaved(
+        {"plain": plain, "hooked": hooked, "var": var, "naive": naive},
+        repeats=repeats,
+        device=device,
+        warmup=warmup,
+    )
+    del twin
+    record = last["var_record"]
+    summary = record.summary()
+    # Guards: a no-op VAR or a wrong reference must not pass as fast.
+    parity = float((last["plain"].float() - last["hooked"].float()).abs().max())
+    naive_gap = float((last["naive"].float() - last["var"].float()).abs().max())
+    var_effect = float((last["var"].float() - last["hooked"].float()).abs().max())
+    if summary["noop"]:
+        raise RuntimeError(f"{bm.key}: VAR changed no row; the timing would be meaningless.")
+    if last["naive_changed"] != record.total_changed:
+        raise RuntimeError(
+            f"{bm.key}: naive VAR changed {last['naive_changed']} rows, "
+            f"vectorised {record.total_changed}."
+        )
+    tolerance = 1e-3 if loaded.dtype == torch.float32 else 5e-2
+    scale = float(last["var"].float().abs().max())
+    if naive_gap > tolerance * max(scale, 1.0):
+        raise RuntimeError(f"{bm.key}: naive and vectorised VAR logits differ by {naive_gap}.")
+    seconds = {name: common.median(values) for name, values in samples.wall.items()}
+    var_details = {
+        "rows_changed": record.total_changed,
+        "prefill_rows": sum(record.prefill_rows),
+        "visual_sinks_per_layer": record.visual_sinks,
+        "mass_moved": round(record.total_mass, 4),
+        "var_layers": record.layers,
+        "max_logit_change": var_effect,
+    }
+    common_details = {"median_seconds": seconds, "repeats": repeats, "samples": samples.to_json()}
+    return [
+        Metric(
+            id=f"forward.hooked_vs_plain.{bm.key}",
+            area="forward",
+            model=bm.key,
+            name="hooked forward (no hooks) / plain HF eager forward, time",
+            value=samples.ratio("hooked", "plain"),
+            unit="x",
+            op="<=",
+            threshold=HOOKED_VS_PLAIN_MAX,
+            details={
+                **common_details,
+                **samples.checks("hooked", "plain"),
+                "max_logit_diff": parity,
+            },
+        ),
+        Metric(
+            id=f"var.prefill_vs_hooked.{bm.key}",
+            area="forward",
+            model=bm.key,
+            name="VAR forward (prefill) / hooked forward without VAR, time",
+            value=samples.ratio("var", "hooked"),
+            unit="x",
+            op="<=",
+            threshold=VAR_PREFILL_MAX,
+            details={**common_details, **samples.checks("var", "hooked"), **var_details},
+        ),
+        Metric(
+            id=f"var.naive_vs_vectorised.{bm.key}",
+            area="forward",
+            model=bm.key,
+            name="naive per-head per-row loop VAR / vectorised VAR, prefill time",
+            value=samples.ratio("naive", "var"),
+            unit="x",
+            details={
+                **common_details,
+                **samples.checks("naive", "var"),
+                "rows_changed": last["naive_changed"],
+                "max_logit_diff_vs_vectorised": naive_gap,
+                "naive_overhead_vs_hooked": samples.ratio("naive", "hooked"),
+            },
+        ),
+    ]
+
+
+# =============================================================================== generation
+
+
+def bench_generation(
+    bm: BenchModel,
+    *,
+    repeats: int,
+    device: torch.device,
+    new_tokens: int = NEW_TOKENS,
+    warmup: Sequence[str] | None = None,
+) -> list[Metric]:
+    """Greedy generation with a KV cache, with and without VAR: tokens/s ratios."""
+    from analysis.generation import generate
+    from analysis.var import VarConfig, VarIntervention
+
+    inputs = bm.inputs()
+    config = VarConfig(layers=bm.var_layers)
+    decode: dict[str, list[float]] = {"base": [], "var": []}
+    steps: dict[str, int] = {}
+    texts: dict[str, list[str]] = {}
+    records: list[Any] = []
+
+    with common.no_eos(bm.loaded) as view:
+
+        def run(name: str, hooks: Sequence[Any]) -> None:
+            with common.StepClock(view.hf_model, device) as clock:
+                out = generate(view, inputs, max_new_tokens=new_tokens, fwd_hooks=hooks)
+            decode[name].append(clock.decode_seconds)
+            steps[name] = clock.steps
+            texts[name] = out.texts
+
+        def base() -> None:
+            run("base", ())
+
+        def var() -> None:
+            intervention = VarIntervention(view, inputs, dims=bm.dims, config=config)
+            run("var", intervention.fwd_hooks())
+            records.append(intervention.record())
+
+        log(f"{bm.key}: generation ({new_tokens} new tokens) x2 variants, {repeats} repeats")
+        samples = common.interleaved(
+            {"base": base, "var": var}, repeats=repeats, device=device, warmup=warmup
+        )
+    # Warm-up calls appended too; keep the timed ones only.
+    decode = {name: values[-repeats:] for name, values in decode.items()}
+    if steps["base"] != new_tokens or steps["var"] != new_tokens:
+        raise RuntimeError(f"{bm.key}: expected {new_tokens} forward steps, got {steps}.")
+    record = records[-1]
+    if sum(record.decode_changed) == 0:
+        raise RuntimeError(f"{bm.key}: VAR changed no decoding row; the timing would be a no-op.")
+    end_to_end = {name: new_tokens / common.median(values) for name, values in samples.wall.items()}
+    per_token = {name: (new_tokens - 1) / common.median(v) for name, v in decode.items()}
+    details = {
+        "new_tokens": new_tokens,
+        "tokens_per_s": end_to_end,
+        "decode_tokens_per_s": per_token,
+        "repeats": repeats,
+        "samples": samples.to_json(),
+        "decode_samples": decode,
+        **samples.checks("base", "var"),
+        "rows_changed_prefill": sum(record.prefill_changed),
+        "rows_changed_decode": sum(record.decode_changed),
+        "var_layers": record.layers,
+        "same_text": texts["base"] == texts["var"],
+    }
+    return [
+        Metric(
+            id=f"var.generation_tokens_per_s.{bm.key}",
+            area="generation",
+            model=bm.key,
+            name=f"VAR / no VAR generation tokens/s ({new_tokens} new tokens, prefill included)",
+            value=samples.ratio("base", "var"),
+            unit="x",
+            op=">=",
+            threshold=VAR_GENERATION_MIN,
+            details=details,
+        ),
+        Metric(
+            id=f"var.decode_tokens_per_s.{bm.key}",
+            area="generation",
+            model=bm.key,
+            name="VAR / no VAR decoding tokens/s (KV cache, tokens 2..32 only)",
+            value=common.paired_ratio(decode, "base", "var"),
+            unit="x",
+            op=">=",
+            threshold=VAR_GENERATION_MIN,
+            details=details,
+        ),
+    ]
+
+
+# =============================================================================== memory
+
+
+def _rss_bytes(field: str) -> int | None:
+    """VmRSS / VmHWM of this process from /proc (Linux), in bytes."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS, so the peak excludes model loading (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def memory_child(n_images: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Peak memory of score_heads + find_sinks over ``n_images`` images (one process per N)."""
+    import resource
+
+    from analysis.heads import score_heads
+    from analysis.sinks import find_sinks
+    from analysis.tokens import build_inputs
+
+    bm = common.load_demo(device, dtype)
+    loaded = bm.loaded
+    questions = common.demo_questions()
+    batches = [
+        build_inputs(loaded, common.demo_image(q["image"]), q["text"])
+        for q in (questions[i % len(questions)] for i in range(n_images))
+    ]
+    n_pos = max(int(b.input_ids.shape[1]) for b in batches)
+    # Warm up allocator and lazy imports on one image so N = 1 is not charged for them.
+    find_sinks(loaded, batches[0], dims=bm.dims)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    base_rss = _rss_bytes("VmRSS")
+    reset = _reset_peak_rss()
+
+    heads = score_heads(loaded, batches, dims=bm.dims, show_progress=False)
+    sinks = [find_sinks(loaded, batch, dims=bm.dims) for batch in batches]
+
+    out: dict[str, Any] = {
+        "n_images": n_images,
+        "n_pos": n_pos,
+        "n_layers": loaded.n_layers,
+        "n_heads": loaded.n_heads,
+        "kept_results_bytes": sum(t.numel() * t.element_size() for t in (heads.s, heads.r))
+        + sum(s.phi.numel() * s.phi.element_size() for s in sinks),
+        "rss_before_bytes": base_rss,
+        "peak_rss_bytes": _rss_bytes("VmHWM") if reset else None,
+        "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_reset": reset,
+    }
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        out["cuda_base_bytes"] = base
+        out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return out
+
+
+def run_memory_children(
+    ns: Sequence[int], device: torch.device, dtype: torch.dtype
+) -> list[dict[str, Any]]:
+    rows = []
+    for n in ns:
+        log(f"memory: fresh process for N = {n}")
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "memory-child",
+            "--n",
+            str(n),
+            "--device",
+            str(device),
+            "--dtype",
+            str(dtype).removeprefix("torch."),
+            "--threads",
+            str(torch.get_num_threads()),
+        ]
+        out = subprocess.run(command, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"memory child N={n} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def memory_metrics(rows: list[dict[str, Any]], device: torch.device) -> list[Metric]:
+    """Peak per N, flatness and extra memory per image vs the full pattern cache."""
+    mib = 2**20
+    rows = sorted(rows, key=lambda r: r["n_images"])
+    if device.type == "cuda":
+        peaks = {r["n_images"]: r["cuda_peak_bytes"] for r in rows}
+        analysis = {r["n_images"]: r["cuda_peak_bytes"] - r["cuda_base_bytes"] for r in rows}
+        kind = "CUDA max_memory_allocated"
+    else:
+        peaks = {r["n_images"]: r["peak_rss_bytes"] or r["ru_maxrss_bytes"] for r in rows}
+        analysis = {r["n_images"]: peaks[r["n_images"]] - r["rss_before_bytes"] for r in rows}
+        kind = "process peak RSS (VmHWM, reset after model load)"
+    first, last = rows[0], rows[-1]
+    n_lo, n_hi = first["n_images"], last["n_images"]
+    # What capture(patterns=True) keeps: float32 [layer, head, query, key] per image.
+    cache = last["n_layers"] * last["n_heads"] * last["n_pos"] ** 2 * 4
+    cache_7b = 32 * 32 * (576 + common.N_TEXT_7B) ** 2 * 2  # LLaVA-1.5-7B, fp16
+    span = max(n_hi - n_lo, 1)
+    per_image = (peaks[n_hi] - peaks[n_lo]) / span
+    per_image_analysis = (analysis[n_hi] - analysis[n_lo]) / span
+    details = {
+        "measure": kind,
+        "peak_mib": {str(n): round(v / mib, 1) for n, v in peaks.items()},
+        "analysis_increment_mib": {str(n): round(v / mib, 1) for n, v in analysis.items()},
+        "extra_per_image_analysis_only_mib": round(per_image_analysis / mib, 3),
+        "full_pattern_cache_per_image_mib": round(cache / mib, 1),
+        "full_pattern_cache_per_image_llava15_7b_fp16_mib": round(cache_7b / mib, 1),
+        "kept_results_per_image_mib": round(last["kept_results_bytes"] / n_hi / mib, 3),
+        "rows": rows,
+    }
+    out = [
+        Metric(
+            id=f"memory.peak_n{n}.demo",
+            area="memory",
+            model="demo",
+            name=f"score_heads + find_sinks over N = {n} images: peak memory",
+            value=round(peaks[n] / mib, 1),
+            unit="MiB",
+            details={"analysis_increment_mib": round(analysis[n] / mib, 1)},
+        )
+        for n in sorted(peaks)
+    ]
+    out += [
+        Metric(
+            id="memory.flat.demo",
+            area="memory",
+            model="demo",
+            name=f"peak memory N = {n_hi} / N = {n_lo}",
+            value=peaks[n_hi] / peaks[n_lo],
+            unit="x",
+            op="<=",
+            threshold=MEMORY_FLAT_MAX,
+            details=details,
+        ),
+        Metric(
+            id="memory.extra_per_image.demo",
+            area="memory",
+            model="demo",
+            name="extra peak memory per image (slope N = 1 .. 32)",
+            value=round(per_image / mib, 3),
+            unit="MiB",
+            op="<=",
+            threshold=round(MEMORY_PER_IMAGE_MAX_FRACTION * cache / mib, 3),
+            details=details,
+        ),
+        Metric(
+            id="memory.pattern_cache_per_image.demo",
+            area="memory",
+            model="demo",
+            name="full [layer, head, query, key] pattern cache per image (float32)",
+            value=round(cache / mib, 1),
+            unit="MiB",
+            details={"llava15_7b_fp16_mib": round(cache_7b / mib, 1)},
+        ),
+    ]
+    return out
+
+
+# =============================================================================== batch
+
+
+def bench_batch(
+    bm: BenchModel,
+    *,
+    repeats: int,
+    device: torch.device,
+    n_items: int,
+    batch_size: int = 4,
+    warmup: Sequence[str] | None = None,
+) -> list[Metric]:
+    """Answer scoring (yes/no log-probs) items/s at batch size ``batch_size`` vs 1."""
+    from analysis.capture import batched
+    from analysis.generation import answer_logprobs
+    from analysis.tokens import build_batch
+
+    loaded = bm.loaded
+    items = common.demo_questions(n_items)
+    scores: dict[int, torch.Tensor] = {}
+
+    def score(size: int) -> None:
+        out = []
+        for chunk in batched(items, size):
+            inputs = build_batch(
+                loaded, [(common.demo_image(q["image"]), q["text"]) for q in chunk]
+            )
+            out.append(answer_logprobs(loaded, inputs, ["yes", "no"])[0])
+        scores[size] = torch.cat(out)
+
+    log(f"{bm.key}: answer scoring of {len(items)} items, batch {batch_size} vs 1")
+    samples = common.interleaved(
+        {"b1": lambda: score(1), f"b{batch_size}": lambda: score(batch_size)},
+        repeats=repeats,
+        device=device,
+        warmup=warmup,
+    )
+    gap = float((scores[1] - scores[batch_size]).abs().max())
+    items_per_s = {name: len(items) / common.median(v) for name, v in samples.wall.items()}
+    return [
+        Metric(
+            id=f"batch.items_per_s_b{batch_size}_vs_b1.{bm.key}",
+            area="batch",
+            model=bm.key,
+            name=f"answer scoring items/s, batch {batch_size} / batch 1",
+            value=samples.ratio("b1", f"b{batch_size}"),
+            unit="x",
+            details={
+                "items": len(items),
+                "items_per_s": items_per_s,
+                "max_logprob_diff_b1_vs_batched": gap,
+                "repeats": repeats,
+                "samples": samples.to_json(),
+                **samples.checks("b1", f"b{batch_size}"),
+            },
+        )
+    ]
+
+
+# =============================================================================== parallel
+
+
+def _count_records(run_dir: Path) -> int:
+    total = 0
+    for part in run_dir.glob("part-*.jsonl"):
+        with contextlib.suppress(OSError):
+            total += part.read_bytes().count(b"\n")
+    return total
+
+
+def _run_eval(command: list[str], env: dict[str, str], run_dir: Path) -> dict[str, Any]:
+    """Run ``vsink eval`` and time it: end to end, and from its first record to its last.
+
+    The runner appends (and fsyncs) records as it goes, so polling the part files
+    gives the steady throughput without the process start and model load.
+    """
+    stamps: list[tuple[float, int]] = []
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        while proc.poll() is None:
+            count = _count_records(run_dir)
+            if count and (not stamps or count != stamps[-1][1]):
+                stamps.append((time.perf_counter() - start, count))
+            time.sleep(0.05)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace")[-3000:]
+            raise RuntimeError(f"vsink eval failed ({' '.join(command)}):\n{tail}")
+    final = _count_records(run_dir)
+    if not stamps or stamps[-1][1] != final:
+        stamps.append((seconds, final))
+    (t_first, c_first), (t_last, c_last) = stamps[0], stamps[-1]
+    steady = (c_last - c_first) / (t_last - t_first) if t_last > t_first else float("nan")
+    return {"seconds": seconds, "records": final, "records_per_s_steady": steady}
+
+
+def bench_parallel(
+    *, device: torch.device, dtype: torch.dtype, n_items: int, workdir: Path, repeats: int
+) -> list[Metric]:
+    """``vsink eval`` on the demo questions: one process vs two (torchrun), same machine."""
+    conditions = ["baseline", "var"]
+    base = [
+        "--questions",
+        str(common.DEMO_DIR / "questions.jsonl"),
+        "--images",
+        str(common.DEMO_DIR / "images"),
+        "--conditions",
+        ",".join(conditions),
+        "--dims",  # the registry/ground-truth dims: no discovery pass in the timing
+        ",".join(str(d) for d in common.demo_dims()),
+        "--limit",
+        str(n_items),
+        "--batch-size",
+        "1",
+        "--no-progress",
+        "--device",
+        str(device),
+        "--dtype",
+        str(dtype).removeprefix("torch."),
+    ]
+    vsink = [sys.executable, "-m", "analysis.cli", "eval"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    threads = max(torch.get_num_threads(), 1)
+    runs: dict[str, list[dict[str, Any]]] = {"one": [], "two": []}
+    for repeat in range(repeats):
+        for name in ("one", "two") if repeat % 2 == 0 else ("two", "one"):
+            run_dir = workdir / f"eval_{name}_{repeat}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            env = dict(os.environ)
+            if name == "one":
+                command = [*vsink, *base, "--out", str(run_dir)]
+                env["OMP_NUM_THREADS"] = str(threads)
+            else:
+                # The two processes share the machine: each gets half the threads, so
+                # this compares layouts of fixed hardware, not twice the hardware.
+                command = [*torchrun, "--nproc-per-node", "2", "-m", "analysis.cli", "eval"]
+                command += [*base, "--out", str(run_dir)]
+                env["OMP_NUM_THREADS"] = str(max(threads // 2, 1))
+            log(f"parallel: {name} process(es), {n_items} items, repeat {repeat + 1}/{repeats}")
+            runs[name].append(_run_eval(command, env, run_dir))
+            if runs[name][-1]["records"] != n_items * len(conditions):
+                raise RuntimeError(
+                    f"vsink eval ({name}) wrote {runs[name][-1]['records']} records."
+                )
+    steady = {n: [r["records_per_s_steady"] for r in rs] for n, rs in runs.items()}
+    seconds = {n: [r["seconds"] for r in rs] for n, rs in runs.items()}
+    per_item = len(conditions)
+    return [
+        Metric(
+            id="parallel.items_per_s_2proc_vs_1.demo",
+            area="parallel",
+            model="demo",
+            name="vsink eval items/s, 2 processes (torchrun) / 1 process, steady state",
+            value=common.paired_ratio(steady, "two", "one"),
+            unit="x",
+            details={
+                "items": n_items,
+                "conditions": ",".join(conditions),
+                "items_per_s_steady": {n: common.median(v) / per_item for n, v in steady.items()},
+                "items_per_s_end_to_end": {
+                    n: n_items / common.median(v) for n, v in seconds.items()
+                },
+                "ratio_end_to_end": common.paired_ratio(seconds, "one", "two"),
+                "runs": runs,
+                "threads_total": threads,
+            },
+        )
+    ]
+
+
+# =============================================================================== driver
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Cost of analysis and of VAR vs plain inference.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "memory-child"))
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1")
+    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
+    parser.add_argument("--quick", action="store_true", help="fewer layers, repeats and items")
+    parser.add_argument("--full", action="store_true", help="the default sizes, overrides --quick")
+    parser.add_argument("--areas", default=",".join(AREAS), help=f"subset of {','.join(AREAS)}")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
+    parser.add_argument("--layers", type=int, default=None, help="layers of the 7B-shaped model")
+    parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
+    parser.add_argument("--md", type=Path, default=None, help="also write the Markdown report")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (temp)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--smoke", action="store_true", help=argparse.SUPPRESS
+    )  # tests: tiny shapes, in-process memory, no timing value
+    return parser.parse_args(argv)
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    full = args.full or not (args.quick or args.smoke)
+    return {
+        "repeats": args.repeats or (1 if args.smoke else 5 if full else 3),
+        "demo_repeats": args.repeats or (1 if args.smoke else 15 if full else 9),
+        "layers": args.layers or (4 if full else 1),
+        "memory_ns": (1, 2) if args.smoke else MEMORY_NS,
+        "batch_items": 4 if args.smoke else 32 if full else 16,
+        "parallel_items": 2 if args.smoke else 32 if full else 16,
+        "parallel_repeats": 1 if args.smoke else 3 if full else 1,
+        "shape": {"d_model": 1024, "n_heads": 8, "d_mlp": 64} if args.smoke else common.SHAPE_7B,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = common.resolve(args.device, args.dtype)
+    if args.command == "memory-child":
+        print(json.dumps(memory_child(args.n, device, dtype)))
+        return {}
+    areas = [a for a in args.areas.split(",") if a]
+    models = [m for m in args.models.split(",") if m]
+    unknown = (set(areas) - set(AREAS)) | (set(models) - set(MODELS))
+    if unknown:
+        raise SystemExit(f"unknown area/model: {sorted(unknown)}")
+    conf = settings(args)
+    started = time.perf_counter()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vsink-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    metrics: list[Metric] = []
+    described: dict[str, Any] = {}
+    notes: list[str] = []
+    try:
+        for key in models:
+            timed_areas = [a for a in ("forward", "generation") if a in areas]
+            if key == "demo" and "batch" in areas:
+                timed_areas.append("batch")
+            if not timed_areas:
+                continue
+            log(f"loading {key}")
+            bm = _load(key, conf, device, dtype, workdir, smoke=args.smoke)
+            sample = bm.inputs()
+            described[key] = {
+                **bm.description,
+                "prompt": bm.prompt,
+                "n_positions": int(sample.input_ids.shape[1]),
+                "n_text": int(sample.text.sum()),
+                "n_visual": int(sample.visual.sum()),
+            }
+            repeats = conf["demo_repeats"] if key == "demo" else conf["repeats"]
+            # A 7B-shaped forward takes seconds on a CPU: one shared warm-up (plain and
+            # hooked run the same kernels) instead of one per variant.
+            heavy = key != "demo"
+            if "forward" in areas:
+                warm = [] if args.smoke else ["hooked"] if heavy else None
+                metrics += bench_forward(bm, repeats=repeats, device=device, warmup=warm)
+            if "generation" in areas:
+                warm = [] if args.smoke else ["base"] if heavy else None
+                metrics += bench_generation(bm, repeats=repeats, device=device, warmup=warm)
+            if "batch" in areas and key == "demo":
+                metrics += bench_batch(
+                    bm,
+                    repeats=conf["repeats"],
+                    device=device,
+                    n_items=conf["batch_items"],
+                    warmup=[] if args.smoke else None,
+                )
+            del bm
+            gc.collect()
+        if "memory" in areas:
+            if args.smoke:
+                rows = [memory_child(n, device, dtype) for n in conf["memory_ns"]]
+            else:
+                rows = run_memory_children(conf["memory_ns"], device, dtype)
+            metrics += memory_metrics(rows, device)
+        if "parallel" in areas and device.type == "cuda" and torch.cuda.device_count() < 2:
+            notes.append("parallel: skipped, two processes need two GPUs (one per rank).")
+        elif "parallel" in areas:
+            metrics += bench_parallel(
+                device=device,
+                dtype=dtype,
+                n_items=conf["parallel_items"],
+                workdir=workdir,
+                repeats=conf["parallel_repeats"],
+            )
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    payload = {
+        "machine": common.machine_info(device),
+        "settings": {
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "quick": args.quick and not args.full,
+            "smoke": args.smoke,
+            "areas": areas,
+            "models": models,
+            **{k: v for k, v in conf.items() if k != "shape"},
+            "argv": list(sys.argv[1:] if argv is None else argv),
+        },
+        "models": described,
+        "metrics": [m.to_json() for m in metrics],
+        "notes": notes,
+        "seconds_total": round(time.perf_counter() - started, 1),
+    }
+    common.write_results(args.out, payload)
+    log(f"wrote {args.out} ({payload['seconds_total']} s)")
+    if args.md is not None:
+        args.md.write_text(report.render(payload))
+        log(f"wrote {args.md}")
+    return payload
+
+
+def _load(
+    key: str,
+    conf: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+    workdir: Path,
+    *,
+    smoke: bool,
+) -> BenchModel:
+    if key == "demo":
+        return common.load_demo(device, dtype)
+    return common.load_7b_shaped(
+        workdir, n_layers=conf["layers"], device=device, dtype=dtype, shape=conf["shape"]
+    )
+
+
+if __name__ == "__main__":
+    main()
