@@ -20,7 +20,6 @@ Entry point: :func:`residual_contribution` returns :class:`ContributionResult`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -144,7 +143,7 @@ class ContributionResult(ResultMixin):
             "contribution": contribution,
             "attention": self.group_mean("attention"),
             "value_norm": self.group_mean("value_norm"),
-            "sink_to_nonsink_contribution": None if math.isnan(sink / other) else sink / other,
+            "sink_to_nonsink_contribution": sink / other if other > 0 else None,
         }
 
 

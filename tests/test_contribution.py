@@ -11,6 +11,7 @@ from conftest import make_image
 from analysis.capture import capture
 from analysis.contribution import (
     GROUPS,
+    ContributionResult,
     group_means,
     group_value_norms,
     residual_contribution,
@@ -164,3 +165,21 @@ def test_demo_sinks_receive_attention_but_contribute_little(demo_model, demo_tru
     payload = result.to_json()
     assert payload["groups"] == list(GROUPS)
     assert payload["config"]["dims"] == demo_truth["sink_dims"]
+
+
+def test_summary_ratio_is_none_when_nonsink_contribution_is_zero_or_missing():
+    zeros = torch.zeros(1, 2, 3, len(GROUPS))
+    for other in (0.0, float("nan")):
+        contribution = zeros.clone()
+        contribution[..., 0] = 1.0
+        contribution[..., 1] = other
+        result = ContributionResult(
+            groups=list(GROUPS),
+            contribution=contribution,
+            attention=zeros,
+            value_norm=zeros,
+            counts=zeros[:, :, 0],
+            layers=[0, 1],
+        )
+        assert result.summary()["sink_to_nonsink_contribution"] is None
+        assert result.to_json()["kind"] == "contribution"
