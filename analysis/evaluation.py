@@ -417,56 +417,6 @@ class PrefillStats(HeadStatsHooks):
         ]
 
 
-class VarTracker:
-    """Per-sample rows changed and attention mass moved by VAR's pattern hooks.
-
-    Each VAR pattern hook is wrapped: what it returns is compared with what it
-    got, one layer at a time (VAR's own record sums over the batch).
-    """
-
-    def __init__(self, batch: int, prefill_len: int) -> None:
-        self.prefill_len = prefill_len
-        self.totals = {
-            key: torch.zeros(batch, dtype=torch.float64)
-            for key in ("prefill_rows", "prefill_mass", "decode_rows", "decode_mass")
-        }
-
-    def wrap(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> list[tuple[str, HookFn]]:
-        return [
-            (name, self._wrapped(fn) if name.endswith("hook_pattern") else fn)
-            for name, fn in fwd_hooks
-        ]
-
-    def _wrapped(self, fn: HookFn) -> HookFn:
-        def hook(pattern: torch.Tensor, hook: Any) -> torch.Tensor | None:
-            new = fn(pattern, hook)
-            if new is None:
-                return None
-            # Reduced where the pattern lives; only [batch] numbers come back to the CPU.
-            diff = new.float() - pattern.float()  # [batch, head, query, key]
-            phase = "prefill" if pattern.shape[2] == self.prefill_len else "decode"
-            rows = (diff != 0).any(-1).sum((1, 2))
-            # Rows keep their sum, so the mass moved is what the sinks lost.
-            mass = (-diff).clamp_min(0).sum((1, 2, 3))
-            self.totals[f"{phase}_rows"] += rows.double().cpu()
-            self.totals[f"{phase}_mass"] += mass.double().cpu()
-            return new
-
-        return hook
-
-    def per_sample(self) -> list[dict[str, float]]:
-        size = self.totals["prefill_rows"].numel()
-        return [
-            {
-                "prefill_rows_changed": int(self.totals["prefill_rows"][b]),
-                "prefill_mass_moved": float(self.totals["prefill_mass"][b]),
-                "decode_rows_changed": int(self.totals["decode_rows"][b]),
-                "decode_mass_moved": float(self.totals["decode_mass"][b]),
-            }
-            for b in range(size)
-        ]
-
-
 def score_batch(
     model: LoadedModel,
     inputs: ModelInputs,
@@ -957,7 +907,7 @@ def _run_condition(
     """One condition on one batch: per-item records."""
     fwd: list[tuple[str, HookFn]] = []
     stats: PrefillStats | None = None
-    tracker: VarTracker | None = None
+    var: VarIntervention | None = None
     knock: KnockOut | None = None
     if condition.kind == "baseline" and settings.collect_stats:
         assert settings.dims is not None
@@ -972,8 +922,7 @@ def _run_condition(
         fwd = stats.fwd_hooks()
     elif condition.kind == "var":
         var = VarIntervention(model, inputs, dims=settings.dims, config=condition.var)
-        tracker = VarTracker(inputs.batch_size, int(inputs.input_ids.shape[1]))
-        fwd = tracker.wrap(var.fwd_hooks())
+        fwd = var.fwd_hooks()
     elif condition.kind == "ablate":
         assert condition.target is not None
         knock = KnockOut(
@@ -995,8 +944,8 @@ def _run_condition(
     extras: list[dict[str, Any]] = [{} for _ in subset]
     if stats is not None:
         extras = stats.per_sample()
-    if tracker is not None:
-        extras = [{"var": v} for v in tracker.per_sample()]
+    if var is not None:
+        extras = [{"var": v} for v in var.per_sample()]
     if knock is not None:
         counts = knock.blocked_counts()
         extras = [

@@ -181,6 +181,11 @@ class VarIntervention:
             )
         }
         self._mass = {"prefill_mass": [0.0] * n, "decode_mass": [0.0] * n}
+        # Per sample, so dataset runs can attribute changes to items.
+        self._per_sample = {
+            key: torch.zeros(self.valid.shape[0], dtype=torch.float64)
+            for key in ("prefill_changed", "prefill_mass", "decode_changed", "decode_mass")
+        }
 
     # ------------------------------------------------------------------ hooks
 
@@ -251,11 +256,26 @@ class VarIntervention:
             self._counts[f"{phase}_rows"][slot] += int(queries.sum()) * n_heads
             self._counts[f"{phase}_changed"][slot] += int(changed.sum())
             self._mass[f"{phase}_mass"][slot] += float(moved.sum())
+            self._per_sample[f"{phase}_changed"] += changed.sum((1, 2)).double().cpu()
+            self._per_sample[f"{phase}_mass"] += moved.sum((1, 2)).double().cpu()
             return new
 
         return hook
 
     # ------------------------------------------------------------------ records
+
+    def per_sample(self) -> list[dict[str, float]]:
+        """Rows changed and attention mass moved per sample, over every layer and call."""
+        totals = self._per_sample
+        return [
+            {
+                "prefill_rows_changed": int(totals["prefill_changed"][b]),
+                "prefill_mass_moved": float(totals["prefill_mass"][b]),
+                "decode_rows_changed": int(totals["decode_changed"][b]),
+                "decode_mass_moved": float(totals["decode_mass"][b]),
+            }
+            for b in range(totals["prefill_changed"].numel())
+        ]
 
     def record(self) -> VarRecord:
         return VarRecord(

@@ -150,3 +150,25 @@ def test_generation_with_var_differs_from_baseline_somewhere(tiny):
     )
     with_var = forward(tiny, inputs, intervention.fwd_hooks())
     assert (with_var - forward(tiny, inputs)).abs().max() > 1e-3
+
+
+def test_per_sample_counts_add_up_and_do_not_depend_on_the_batch(tiny):
+    inputs = _inputs(tiny)
+    sinks = _planted_sinks(inputs)
+    var = VarIntervention(tiny, inputs, dims=None, config=LOOSE, sinks=sinks)
+    generate(tiny, inputs, max_new_tokens=3, fwd_hooks=var.fwd_hooks())
+    record, rows = var.record(), var.per_sample()
+    assert sum(r["prefill_rows_changed"] for r in rows) == sum(record.prefill_changed) > 0
+    assert sum(r["decode_rows_changed"] for r in rows) == sum(record.decode_changed) > 0
+    assert sum(r["prefill_mass_moved"] for r in rows) == pytest.approx(
+        sum(record.prefill_mass), rel=1e-5
+    )
+    for index in range(inputs.batch_size):
+        alone = inputs.select(index)
+        single = VarIntervention(tiny, alone, dims=None, config=LOOSE, sinks=_planted_sinks(alone))
+        forward(tiny, alone, single.fwd_hooks())
+        mine = single.per_sample()[0]
+        assert mine["prefill_rows_changed"] == rows[index]["prefill_rows_changed"]
+        assert mine["prefill_mass_moved"] == pytest.approx(
+            rows[index]["prefill_mass_moved"], rel=1e-4
+        )
