@@ -514,7 +514,7 @@ def ablate(
         loaded,
         inputs,
         targets=chosen_targets,
-        answers=[a.strip() for a in answers.split(",") if a.strip()],
+        answers=split_answers(answers),
         dims=chosen,
         tau=tau,
         mode=mode,
@@ -565,6 +565,30 @@ def dataset_items(
         "images": str(images),
         "prompt": prompt,
     }
+
+
+def split_answers(answers: str) -> list[str]:
+    return [a.strip() for a in answers.split(",") if a.strip()]
+
+
+def run_evaluation(
+    model: str | None,
+    questions: Path | None,
+    images: Path | None,
+    prompt: str | None,
+    *,
+    device: str | None,
+    dtype: str | None,
+    device_map: str | None,
+    **options: Any,
+) -> tuple[Any, Any]:
+    """Join the torchrun group (if any), read the dataset, load the model, evaluate."""
+    from analysis.evaluation import evaluate, init_distributed, rank_device
+
+    shard = init_distributed()
+    items, source = dataset_items(model, questions, images, prompt)
+    loaded = load(model, rank_device(device, shard), dtype, device_map)
+    return shard, evaluate(loaded, items, dataset=source, **options)
 
 
 def _ci(entry: dict[str, float] | None, spec: str = ".3f") -> str:
@@ -688,17 +712,17 @@ def eval_(
     json_out: JsonOpt = None,
 ) -> None:
     """Evaluate conditions over a dataset: resumable, shardable with torchrun, with CIs."""
-    from analysis.evaluation import evaluate, init_distributed, rank_device
-
-    shard = init_distributed()
-    items, source = dataset_items(model, questions, images, prompt)
-    loaded = load(model, rank_device(device, shard), dtype, device_map)
-    result = evaluate(
-        loaded,
-        items,
+    shard, result = run_evaluation(
+        model,
+        questions,
+        images,
+        prompt,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
         out=out,
         conditions=conditions,
-        answers=[a.strip() for a in answers.split(",") if a.strip()],
+        answers=split_answers(answers),
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         limit=limit,
@@ -709,7 +733,6 @@ def eval_(
         collect_stats=stats,
         n_calibration=calibration_items,
         n_boot=n_boot,
-        dataset=source,
         show_progress=progress_bar,
     )
     if shard.is_main:
@@ -742,8 +765,6 @@ def _ablate_dataset(
     json_out: Path | None,
 ) -> None:
     """``vsink ablate --questions``: baseline + knock-outs on the evaluation runner."""
-    from analysis.evaluation import evaluate, init_distributed, rank_device
-
     if "positions" in targets:
         raise ValueError("target=positions is per prompt; over a dataset use the other targets.")
     options = [f"mode={mode}"] if mode != "pre" else []
@@ -754,16 +775,18 @@ def _ablate_dataset(
     for target in targets:
         extra = options + ([f"draws={draws}"] if target == "random" and draws > 1 else [])
         specs.append(f"ablate-{target}" + (":" + ",".join(extra) if extra else ""))
-    shard = init_distributed()
-    items, source = dataset_items(model, questions, images, None)
     run = out or Path("vsink-runs") / f"ablate-{questions.stem}"
-    loaded = load(model, rank_device(device, shard), dtype, device_map)
-    result = evaluate(
-        loaded,
-        items,
+    shard, result = run_evaluation(
+        model,
+        questions,
+        images,
+        None,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
         out=run,
         conditions=specs,
-        answers=[a.strip() for a in answers.split(",") if a.strip()],
+        answers=split_answers(answers),
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         limit=limit,
@@ -772,7 +795,6 @@ def _ablate_dataset(
         seed=seed,
         collect_stats=False,
         n_boot=n_boot,
-        dataset=source,
     )
     if not shard.is_main:
         return
@@ -941,7 +963,7 @@ def figures(
         paths,
         out,
         prompt=prompt,
-        answers=[a.strip() for a in answers.split(",") if a.strip()],
+        answers=split_answers(answers),
         dims=parse_dims(dims),
         tau=tau,
         rho=rho,
@@ -990,7 +1012,7 @@ def report(
         path,
         prompt,
         out,
-        answers=[a.strip() for a in answers.split(",") if a.strip()],
+        answers=split_answers(answers),
         dims=parse_dims(dims),
         tau=tau,
         rho=rho,
