@@ -496,10 +496,7 @@ def attention_received(
         fwd.append((hooks.attn_pattern(layer), bind(on_pattern, slot)))
     forward(model, inputs, fwd)
     valid = inputs.stack("attention_mask")
-    bos = torch.zeros_like(valid)
-    for index, layout in enumerate(inputs.layouts):
-        if layout.bos_position is not None:
-            bos[index, layout.bos_position] = True
+    bos = inputs.bos
     return ReceivedAttention(
         phi=phis * valid[:, None, :],
         received=received * valid[:, None, :],

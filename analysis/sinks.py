@@ -196,10 +196,7 @@ def find_sinks(
     fwd = [(hooks.resid_pre(layer), bind(record, layer)) for layer in range(model.n_layers)]
     forward(model, inputs, fwd)
     valid = inputs.stack("attention_mask")
-    bos = torch.zeros_like(valid)
-    for index, layout in enumerate(inputs.layouts):
-        if layout.bos_position is not None:
-            bos[index, layout.bos_position] = True
+    bos = inputs.bos
     return SinkResult(
         phi=phis * valid[:, None, :],
         tau=float(tau),

@@ -225,6 +225,15 @@ class ModelInputs:
     def queries(self) -> Bool[torch.Tensor, "batch pos"]:
         return self.stack("queries")
 
+    @property
+    def bos(self) -> Bool[torch.Tensor, "batch pos"]:
+        """True at each sample's BOS position (all False where a sample has none)."""
+        out = torch.zeros_like(self.stack("attention_mask"))
+        for index, layout in enumerate(self.layouts):
+            if layout.bos_position is not None:
+                out[index, layout.bos_position] = True
+        return out
+
     def forward_kwargs(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Everything but ``input_ids``, moved to ``device``, for ``bridge(input_ids, **kw)``."""
         out = {}
