@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -19,10 +20,12 @@ BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 @pytest.fixture(scope="module")
 def bench() -> Any:
     sys.path.insert(0, str(BENCH_DIR))
+    threads = torch.get_num_threads()
     try:
         yield importlib.import_module("run")
     finally:
         sys.path.remove(str(BENCH_DIR))
+        torch.set_num_threads(threads)
 
 
 def test_smoke_run_has_every_metric(bench: Any, tmp_path: Path) -> None:
@@ -30,6 +33,8 @@ def test_smoke_run_has_every_metric(bench: Any, tmp_path: Path) -> None:
     payload = bench.main(
         [
             "--smoke",
+            "--threads",  # one thread: on a busy machine two threads wait on each other
+            "1",
             "--models",
             "demo",
             "--areas",
