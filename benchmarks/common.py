@@ -42,7 +42,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpus_usable": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "ram_gb": _ram_gb(),
         "platform": platform.platform(),
@@ -59,6 +59,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
             info[package] = metadata.version(package)
     return info
+
+
+def usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return max(os.cpu_count() or 1, 1)
 
 
 def _cpu_model() -> str:

@@ -164,11 +164,14 @@ def _details_lines(metrics: list[dict[str, Any]]) -> list[str]:
             e2e = d.get("items_per_s_end_to_end", {})
             lines.append(
                 f"- `vsink eval` on {d.get('items')} demo items ({d.get('conditions')}), "
-                f"{d.get('threads_total')} threads in all (split between the processes): "
-                f"steady items/s one process {steady.get('one', 0):.2f}, two "
-                f"{steady.get('two', 0):.2f}; end to end with process start and model load "
-                f"{e2e.get('one', 0):.2f} vs {e2e.get('two', 0):.2f} "
-                f"({d.get('ratio_end_to_end', 0):.3f}x)."
+                f"{d.get('threads_total')} cores: steady items/s one process with "
+                f"{d.get('threads_total')} threads {steady.get('one', 0):.2f}, two processes "
+                f"{steady.get('two', 0):.2f}, one process with one thread "
+                f"{steady.get('one_1t', 0):.2f} (two processes / one single-threaded "
+                f"{d.get('ratio_two_vs_one_single_thread', 0):.2f}x; threads / single thread "
+                f"{d.get('ratio_threads_vs_single_thread', 0):.2f}x); end to end with process "
+                f"start and model load {e2e.get('one', 0):.2f} vs {e2e.get('two', 0):.2f} "
+                f"items/s ({d.get('ratio_end_to_end', 0):.3f}x)."
             )
     return lines
 
@@ -202,6 +205,10 @@ STATIC_NOTES = """\
   the ratio of process CPU times: when those disagree with the median wall-time
   ratio, other processes were loading the machine during the run.
 - Batch and parallel ratios have no target in the issue; they are reported.
+  The parallel run also times one single-threaded process: on a shared VM, two
+  OpenMP threads in one process can be several times slower than one (each
+  waits for the other whenever a core is taken), which the two-process layout
+  avoids. `--threads 1` gives steadier timings on such a machine.
 """
 
 

@@ -601,23 +601,25 @@ def bench_parallel(
     ]
     vsink = [sys.executable, "-m", "analysis.cli", "eval"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    threads = max(torch.get_num_threads(), 1)
-    runs: dict[str, list[dict[str, Any]]] = {"one": [], "two": []}
+    # The cores this process may use, not --threads: both layouts get the same hardware.
+    threads = common.usable_cores()
+    # one: a process using every core as threads; two: two processes (torchrun), the
+    # cores split between them, so both layouts get the same hardware; one_1t: one
+    # process, one thread, the unit for per-process scaling.
+    layouts = {"one": threads, "two": max(threads // 2, 1), "one_1t": 1}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
     for repeat in range(repeats):
-        for name in ("one", "two") if repeat % 2 == 0 else ("two", "one"):
+        order = list(layouts) if repeat % 2 == 0 else list(reversed(layouts))
+        for name in order:
             run_dir = workdir / f"eval_{name}_{repeat}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            env = dict(os.environ)
-            if name == "one":
-                command = [*vsink, *base, "--out", str(run_dir)]
-                env["OMP_NUM_THREADS"] = str(threads)
-            else:
-                # The two processes share the machine: each gets half the threads, so
-                # this compares layouts of fixed hardware, not twice the hardware.
+            env = dict(os.environ, OMP_NUM_THREADS=str(layouts[name]))
+            if name == "two":
                 command = [*torchrun, "--nproc-per-node", "2", "-m", "analysis.cli", "eval"]
                 command += [*base, "--out", str(run_dir)]
-                env["OMP_NUM_THREADS"] = str(max(threads // 2, 1))
-            log(f"parallel: {name} process(es), {n_items} items, repeat {repeat + 1}/{repeats}")
+            else:
+                command = [*vsink, *base, "--out", str(run_dir)]
+            log(f"parallel: {name}, {n_items} items, repeat {repeat + 1}/{repeats}")
             runs[name].append(_run_eval(command, env, run_dir))
             if runs[name][-1]["records"] != n_items * len(conditions):
                 raise RuntimeError(
@@ -642,6 +644,9 @@ def bench_parallel(
                     n: n_items / common.median(v) for n, v in seconds.items()
                 },
                 "ratio_end_to_end": common.paired_ratio(seconds, "one", "two"),
+                "ratio_two_vs_one_single_thread": common.paired_ratio(steady, "two", "one_1t"),
+                "ratio_threads_vs_single_thread": common.paired_ratio(steady, "one", "one_1t"),
+                "threads_per_layout": layouts,
                 "runs": runs,
                 "threads_total": threads,
             },
