@@ -29,6 +29,10 @@ from analysis.capture import AttentionMaps, HookFn, attention_maps, forward
 from analysis.results import ResultMixin
 from analysis.sinks import DEFAULT_TAU, phi
 from analysis.var_math import (
+    _key_category,
+    _key_masks,
+    _redistribute,
+    _to_paper,
     image_attention_stats,
     redistribute_attention,
     redistribute_attention_with_stats,
@@ -169,23 +173,15 @@ class VarIntervention:
         self.fixed_sinks = None if sinks is None else sinks.bool() & self.valid
         self._sinks: dict[int, torch.Tensor] = {}
         self._seen: dict[int, int] = {}
-        n = len(layers)
-        self._counts = {
-            key: [0] * n
-            for key in (
-                "prefill_rows",
-                "prefill_changed",
-                "decode_rows",
-                "decode_changed",
-                "visual_sinks",
-            )
-        }
-        self._mass = {"prefill_mass": [0.0] * n, "decode_mass": [0.0] * n}
-        # Per sample, so dataset runs can attribute changes to items.
-        self._per_sample = {
-            key: torch.zeros(self.valid.shape[0], dtype=torch.float64)
-            for key in ("prefill_changed", "prefill_mass", "decode_changed", "decode_mass")
-        }
+        # Rows eligible per layer are known on the host from the shapes alone.
+        self._rows = {key: [0] * len(layers) for key in ("prefill_rows", "decode_rows")}
+        self._p, self._rho = _to_paper(self.config.p, self.config.rho, self.config.convention)
+        self._query_rows = torch.nonzero(self.queries.any(dim=0)).flatten()
+        self._n_queries = int(self.queries.sum())
+        self._tables: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # [layer, sample] totals kept where the patterns live and read only by record()
+        # and per_sample(): a host sync per layer and step would stall GPU decoding.
+        self._totals: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ hooks
 
@@ -218,9 +214,41 @@ class VarIntervention:
             )
         return self._sinks[layer].to(device)
 
+    def _key_tables(
+        self, layer: int, device: torch.device, length: int, rebuild: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Key masks, key categories and has-visual-sink of ``layer``, padded past the prompt.
+
+        Built at the prefill and reused by every decoding step (generated keys are
+        neither visual nor sinks), with room doubling when generation outgrows it.
+        """
+        tables = self._tables.get(layer)
+        if rebuild or tables is None or tables[0].shape[1] < length:
+            sinks = self._layer_sinks(layer, device)
+            visual = self.visual.to(device)
+            pad = max(length, 2 * self.prefill_len) - self.prefill_len
+            sinks = torch.nn.functional.pad(sinks, (0, pad))
+            visual = torch.nn.functional.pad(visual, (0, pad))
+            tables = (
+                _key_masks(visual, sinks),
+                _key_category(visual, sinks),
+                (visual & sinks).any(dim=-1),
+            )
+            self._tables[layer] = tables
+        return tables
+
+    def _accumulate(self, key: str, slot: int, per_sample: torch.Tensor) -> None:
+        if key not in self._totals:
+            self._totals[key] = torch.zeros(
+                len(self.layers), per_sample.shape[0], dtype=torch.float64, device=per_sample.device
+            )
+        totals = self._totals[key]
+        # .to() is a no-op on one device and a device-to-device copy under device_map.
+        totals[slot] += per_sample.to(totals.device)
+
     def _pattern_hook(self, layer: int, slot: int) -> HookFn:
         def hook(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
-            batch, _, n_query, n_key = pattern.shape
+            batch, n_heads, n_query, n_key = pattern.shape
             device = pattern.device
             prefill = n_query == self.prefill_len
             # Tokens seen so far by this layer; the keys are the most recent n_key of
@@ -232,65 +260,76 @@ class VarIntervention:
                     f"VAR hooks at layer {layer} got {n_key} keys after {seen} tokens: "
                     "the hooks were built for another prompt."
                 )
+            masks, category, has_visual_sink = self._key_tables(layer, device, seen, prefill)
             window = slice(seen - n_key, seen)
-            generated = seen - self.prefill_len
-            sinks = _pad_keys(self._layer_sinks(layer, device), generated)[:, window]
-            visual = _pad_keys(self.visual.to(device), generated)[:, window]
+            masks, category = masks[:, window], category[:, window]
+            if window.start > 0:  # a sliding window dropped early keys, maybe the sinks
+                has_visual_sink = (masks[..., 0] > masks[..., 1]).any(dim=-1)
             if prefill:
-                queries = self.queries.to(device)
-                self._counts["visual_sinks"][slot] += int((sinks & visual).sum())
+                # Only text queries after the image may change, about a tenth of a
+                # LLaVA prompt's rows: the maths runs on those rows alone.
+                rows = self._query_rows.to(device)
+                part = pattern.index_select(2, rows)
+                queries = self.queries.to(device).index_select(1, rows)
+                self._accumulate("visual_sinks", slot, (masks[..., 0] * masks[..., 2]).sum(-1))
+                self._rows["prefill_rows"][slot] += self._n_queries * n_heads
             else:
+                part = pattern
                 queries = torch.ones(batch, n_query, dtype=torch.bool, device=device)
-            new, changed, moved = redistribute_attention_with_stats(
-                pattern,
-                visual=visual,
-                sinks=sinks,
+                self._rows["decode_rows"][slot] += batch * n_query * n_heads
+            new, changed, moved = _redistribute(
+                part,
+                masks=masks,
+                category=category,
+                has_visual_sink=has_visual_sink,
                 queries=queries,
-                p=self.config.p,
-                rho=self.config.rho,
+                p=self._p,
+                rho=self._rho,
                 min_image_attention=self.config.min_image_attention,
-                convention=self.config.convention,
             )
             phase = "prefill" if prefill else "decode"
-            n_heads = pattern.shape[1]
-            self._counts[f"{phase}_rows"][slot] += int(queries.sum()) * n_heads
-            self._counts[f"{phase}_changed"][slot] += int(changed.sum())
-            self._mass[f"{phase}_mass"][slot] += float(moved.sum())
-            self._per_sample[f"{phase}_changed"] += changed.sum((1, 2)).double().cpu()
-            self._per_sample[f"{phase}_mass"] += moved.sum((1, 2)).double().cpu()
-            return new
+            self._accumulate(f"{phase}_changed", slot, changed.sum((1, 2)))
+            self._accumulate(f"{phase}_mass", slot, moved.sum((1, 2)))
+            return pattern.index_copy(2, rows, new) if prefill else new
 
         return hook
 
     # ------------------------------------------------------------------ records
 
+    def _sums(self, key: str, dim: int) -> list[float]:
+        """Totals of ``key`` summed over ``dim`` (0: per sample, 1: per layer), on the host."""
+        if key in self._totals:
+            return self._totals[key].sum(dim).tolist()
+        return [0.0] * (self.valid.shape[0] if dim == 0 else len(self.layers))
+
     def per_sample(self) -> list[dict[str, float]]:
         """Rows changed and attention mass moved per sample, over every layer and call."""
-        totals = self._per_sample
+        columns = {
+            "prefill_rows_changed": [int(v) for v in self._sums("prefill_changed", 0)],
+            "prefill_mass_moved": self._sums("prefill_mass", 0),
+            "decode_rows_changed": [int(v) for v in self._sums("decode_changed", 0)],
+            "decode_mass_moved": self._sums("decode_mass", 0),
+        }
         return [
-            {
-                "prefill_rows_changed": int(totals["prefill_changed"][b]),
-                "prefill_mass_moved": float(totals["prefill_mass"][b]),
-                "decode_rows_changed": int(totals["decode_changed"][b]),
-                "decode_mass_moved": float(totals["decode_mass"][b]),
-            }
-            for b in range(totals["prefill_changed"].numel())
+            dict(zip(columns, values, strict=True))
+            for values in zip(*columns.values(), strict=True)
         ]
 
     def record(self) -> VarRecord:
+        counts = {
+            **self._rows,
+            **{
+                key: [int(v) for v in self._sums(key, 1)]
+                for key in ("prefill_changed", "decode_changed", "visual_sinks")
+            },
+        }
+        mass = {key: self._sums(key, 1) for key in ("prefill_mass", "decode_mass")}
         return VarRecord(
             layers=list(self.layers),
-            **self._counts,
-            **self._mass,
+            **counts,
+            **mass,
             config={"var": self.config.to_dict(), "dims": self.dims},
         )
-
-
-def _pad_keys(mask: torch.Tensor, pad: int) -> torch.Tensor:
-    """Extend a [batch, pos] key mask with ``pad`` False columns (generated tokens)."""
-    if pad == 0:
-        return mask
-    return torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], dim=1)
 
 
 def run_with_var(

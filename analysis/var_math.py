@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import einops
 import torch
 from jaxtyping import Bool, Float
 
@@ -106,12 +105,35 @@ def _key_sums(
     One matmul against a ``[batch, key, 3]`` 0/1 matrix, so the only
     pattern-sized allocation is the float32 upcast (none for float32 input).
     """
-    masks = torch.stack([visual, visual & ~sinks, sinks], dim=-1).to(torch.float32)
-    sums = einops.einsum(
-        pattern.to(torch.float32),
-        masks,
-        "batch head query key, batch key mask -> batch head query mask",
-    )
+    return _masked_sums(pattern, _key_masks(visual, sinks))
+
+
+def _key_masks(
+    visual: Bool[torch.Tensor, "batch key"], sinks: Bool[torch.Tensor, "batch key"]
+) -> Float[torch.Tensor, "batch key 3"]:
+    """0/1 columns: visual keys, visual non-sink keys, sink keys."""
+    return torch.stack([visual, visual & ~sinks, sinks], dim=-1).to(torch.float32)
+
+
+def _key_category(
+    visual: Bool[torch.Tensor, "batch key"], sinks: Bool[torch.Tensor, "batch key"]
+) -> torch.Tensor:
+    """Per key: sink, visual non-sink or other (the index of its update in a row)."""
+    category = torch.full_like(visual, _OTHER, dtype=torch.long)
+    category = torch.where(visual, _VISUAL_NON_SINK, category)
+    return torch.where(sinks, _SINK, category)
+
+
+def _masked_sums(
+    pattern: Float[torch.Tensor, "batch head query key"],
+    masks: Float[torch.Tensor, "batch key 3"],
+) -> tuple[
+    Float[torch.Tensor, "batch head query"],
+    Float[torch.Tensor, "batch head query"],
+    Float[torch.Tensor, "batch head query"],
+]:
+    # torch.einsum directly: the einops front end costs more than the sum on a decoding step.
+    sums = torch.einsum("bhqk,bkm->bhqm", pattern.to(torch.float32), masks)
     image, visual_non_sink, sink = sums.unbind(dim=-1)
     return image, visual_non_sink, sink
 
@@ -177,13 +199,30 @@ def _select_rows(
     rho: float,
     min_image_attention: float,
 ) -> Bool[torch.Tensor, "batch head query"]:
-    ratio = _ratio(visual_non_sink, image)
     # Official rule: no visual sink in the sample -> no head is image-centric.
-    has_visual_sink = einops.rearrange((visual & sinks).any(dim=-1), "batch -> batch 1 1")
-    allowed_query = einops.rearrange(queries, "batch query -> batch 1 query")
+    return _select(
+        image,
+        visual_non_sink,
+        has_visual_sink=(visual & sinks).any(dim=-1),
+        queries=queries,
+        rho=rho,
+        min_image_attention=min_image_attention,
+    )
+
+
+def _select(
+    image: Float[torch.Tensor, "batch head query"],
+    visual_non_sink: Float[torch.Tensor, "batch head query"],
+    *,
+    has_visual_sink: Bool[torch.Tensor, " batch"],
+    queries: Bool[torch.Tensor, "batch query"],
+    rho: float,
+    min_image_attention: float,
+) -> Bool[torch.Tensor, "batch head query"]:
+    ratio = _ratio(visual_non_sink, image)
     return (
-        allowed_query
-        & has_visual_sink
+        queries[:, None, :]
+        & has_visual_sink[:, None, None]
         & (image >= min_image_attention)
         & (ratio >= rho)
         # Needed only when rho == 0: without it Omega would be spread over zero mass.
@@ -280,12 +319,44 @@ def redistribute_attention_with_stats(
     _check_fraction("min_image_attention", min_image_attention)
     _check_pattern_and_masks(pattern, visual, sinks, queries)
 
-    image, visual_non_sink, sink_mass = _key_sums(pattern, visual, sinks)
-    changed = _select_rows(
+    return _redistribute(
+        pattern,
+        masks=_key_masks(visual, sinks),
+        category=_key_category(visual, sinks),
+        has_visual_sink=(visual & sinks).any(dim=-1),
+        queries=queries,
+        p=p,
+        rho=rho,
+        min_image_attention=min_image_attention,
+    )
+
+
+def _redistribute(
+    pattern: Float[torch.Tensor, "batch head query key"],
+    *,
+    masks: Float[torch.Tensor, "batch key 3"],
+    category: torch.Tensor,
+    has_visual_sink: Bool[torch.Tensor, " batch"],
+    queries: Bool[torch.Tensor, "batch query"],
+    p: float,
+    rho: float,
+    min_image_attention: float,
+) -> tuple[
+    Float[torch.Tensor, "batch head query key"],
+    Bool[torch.Tensor, "batch head query"],
+    Float[torch.Tensor, "batch head query"],
+]:
+    """VAR on checked inputs, paper convention, with the per-key tables given.
+
+    The hook (:mod:`analysis.var`) builds ``masks``, ``category`` and
+    ``has_visual_sink`` once per layer and calls this on every step, so a
+    decoding step costs a few small kernels and no mask rebuilding.
+    """
+    image, visual_non_sink, sink_mass = _masked_sums(pattern, masks)
+    changed = _select(
         image,
         visual_non_sink,
-        visual=visual,
-        sinks=sinks,
+        has_visual_sink=has_visual_sink,
         queries=queries,
         rho=rho,
         min_image_attention=min_image_attention,
@@ -304,12 +375,8 @@ def redistribute_attention_with_stats(
         ],
         dim=-1,
     )
-    category = torch.full_like(visual, _OTHER, dtype=torch.long)
-    category = torch.where(visual, _VISUAL_NON_SINK, category)
-    category = torch.where(sinks, _SINK, category)
-    batch, head, query, key = pattern.shape
     # A stride-0 view: the index costs no pattern-sized memory.
-    index = einops.rearrange(category, "batch key -> batch 1 1 key").expand(batch, head, query, key)
+    index = category[:, None, None, :].expand(pattern.shape)
     # gather, not a matmul against one-hot masks, so delta is exact even under TF32.
     delta = torch.gather(per_category, -1, index)
     # In place on the single float32 temporary; mixed-dtype in-place ops compute in float32.
