@@ -556,9 +556,9 @@ def hidden_state_magnitudes(states: TokenStates) -> go.Figure:
             col=1,
         )
         fig.update_yaxes(title_text="|x_d|", range=[0, peak * 1.3], row=index + 1, col=1)
-    fig.update_xaxes(
-        title_text="hidden dimension d", range=[-0.5, d_model - 0.5], row=n_tokens, col=1
-    )
+    # Every panel gets the range: static renderers do not follow shared_xaxes.
+    fig.update_xaxes(range=[-0.5, d_model - 0.5])
+    fig.update_xaxes(title_text="hidden dimension d", row=n_tokens, col=1)
     fig.update_layout(
         title={
             "text": f"Hidden-state magnitude per dimension at the input of layer {states.layer} "

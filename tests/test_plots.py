@@ -105,6 +105,9 @@ def test_hidden_state_magnitudes_label_the_sink_dims(figures, results):
     labels = traces(fig, "scatter", "sink dims")
     assert all(list(t.x) == TRUTH["sink_dims"] for t in labels)
     assert list(labels[0].text) == [f"dim {d}" for d in TRUTH["sink_dims"]]
+    # The same x range on every panel, so a dim sits at one x in the static PNG too.
+    ranges = {tuple(fig.layout[name].range) for name in fig.layout if name.startswith("xaxis")}
+    assert ranges == {(-0.5, 1023.5)}
 
 
 def test_phi_vs_attention_separates_sinks(figures, results):
