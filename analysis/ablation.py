@@ -105,6 +105,11 @@ class KnockOut:
         self.layers = (
             list(range(model.n_layers)) if layers is None else sorted({int(x) for x in layers})
         )
+        bad = [x for x in self.layers if not 0 <= x < model.n_layers]
+        if bad:
+            raise ValueError(
+                f"Knock-out layers {bad} out of range (the model has {model.n_layers} layers)."
+            )
         self.prefill_len = int(inputs.input_ids.shape[1])
         self.valid = inputs.stack("attention_mask")
         self.visual = inputs.visual

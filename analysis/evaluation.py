@@ -99,6 +99,16 @@ class Condition:
             self.kind == "ablate" and self.target in ("sinks", "random", "nonsink")
         )
 
+    def check_layers(self, n_layers: int) -> None:
+        """Refuse layers the model does not have before any work is done."""
+        layers = self.var.layers if self.var is not None else self.layers
+        bad = [x for x in layers or () if not 0 <= x < n_layers]
+        if bad:
+            raise EvalError(
+                f"Condition {self.name!r}: layers {bad} out of range (the model has "
+                f"{n_layers} layers, 0..{n_layers - 1})."
+            )
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
         if self.var is not None:
@@ -677,6 +687,11 @@ def evaluate(
         raise DatasetError(f"Labels {bad} are not among the answers {answers}.")
     answer_token_ids(model, answers)  # fails early when answers share a first token
     parsed = _conditions(conditions, tau=tau, rho=rho)
+    for condition in parsed:
+        condition.check_layers(model.n_layers)
+    bad_dims = [d for d in dims or () if not 0 <= int(d) < model.d_model]
+    if bad_dims:
+        raise EvalError(f"Sink dims {bad_dims} out of range for d_model {model.d_model}.")
     identity = {
         "format": FORMAT_VERSION,
         "model": _model_identity(model),

@@ -158,3 +158,11 @@ def test_random_draw_follows_the_sample_key_not_the_batch(tiny_models):
     assert counts > 0
     with pytest.raises(ValueError, match="sample keys"):
         KnockOut(model, alone, target="random", dims=[3], sample_keys=["a", "b"])
+
+
+def test_out_of_range_layers_are_refused(tiny_models):
+    model = tiny_models["llava"]
+    inputs = _inputs(model)
+    for layers in ([model.n_layers], [-1]):
+        with pytest.raises(ValueError, match="out of range"):
+            KnockOut(model, inputs, target="visual", layers=layers)

@@ -377,3 +377,18 @@ def test_a_different_configuration_is_refused(demo, run8, tmp_path):
         evaluate(demo, ITEMS, out=tmp_path / "busy", **RUN_ARGS)
     with pytest.raises(ValueError, match="not among the answers"):
         evaluate(demo, ITEMS, out=tmp_path / "x", answers=["maybe", "no"], **RUN_ARGS)
+
+
+@pytest.mark.parametrize(
+    ("conditions", "dims", "match"),
+    [
+        ("baseline,ablate-sinks:layers=9", None, "out of range"),
+        ("baseline,var:layers=2-9", None, "out of range"),
+        ("baseline", [337, 5000], "d_model"),
+    ],
+)
+def test_bad_layers_and_dims_are_refused_before_any_work(demo, tmp_path, conditions, dims, match):
+    out = tmp_path / "run"
+    with pytest.raises(EvalError, match=match):
+        evaluate(demo, ITEMS[:1], out=out, conditions=conditions, dims=dims, show_progress=False)
+    assert not out.exists()
