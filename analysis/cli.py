@@ -571,6 +571,15 @@ def split_answers(answers: str) -> list[str]:
     return [a.strip() for a in answers.split(",") if a.strip()]
 
 
+def describe_run(result: Any) -> str:
+    summary = result.summary()
+    n_conditions = len(summary.get("conditions", {}))
+    return (
+        f"{summary.get('n_items', '?')} items x {n_conditions} conditions, "
+        f"{len(result.records)} records"
+    )
+
+
 def run_evaluation(
     model: str | None,
     questions: Path | None,
@@ -736,7 +745,7 @@ def eval_(
         show_progress=progress_bar,
     )
     if shard.is_main:
-        print_summary(result.summary(), f"vsink eval ({len(result.records)} records)")
+        print_summary(result.summary(), f"vsink eval ({describe_run(result)})")
         console.print(f"run folder: {out} (records.jsonl, summary.json, manifest.json)")
         write_json(json_out, result.summary())
 
@@ -845,7 +854,7 @@ def summary(
     from analysis.evaluation import SUMMARY, merge_run
 
     result = merge_run(run_dir, n_boot=n_boot)
-    print_summary(result.summary(), f"{run_dir} ({len(result.records)} records)")
+    print_summary(result.summary(), f"{run_dir} ({describe_run(result)})")
     console.print(f"wrote {run_dir / SUMMARY}")
     write_json(json_out, result.summary())
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,15 @@ def items_from_records(
             break
     if not items:
         raise DatasetError(f"{source} holds no items.")
+    unlabelled = [item.id for item in items if item.label is None]
+    if unlabelled and len(unlabelled) < len(items):
+        # A typo in the label key would otherwise drop items from the metrics silently.
+        warnings.warn(
+            f"{source}: {len(unlabelled)} of {len(items)} items have no label (ids "
+            f"{unlabelled[:5]}{' ...' if len(unlabelled) > 5 else ''}); they are run "
+            f"but left out of accuracy. Label keys read: {', '.join(LABEL_KEYS)}.",
+            stacklevel=2,
+        )
     return items
 
 

@@ -588,13 +588,23 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [
-        f"{k}: {json.dumps(old.get(k))[:80]} -> {json.dumps(new.get(k))[:80]}"
-        for k in keys
-        if old.get(k) != new.get(k)
-    ]
+def _config_diff(old: Any, new: Any, path: str = "") -> list[str]:
+    """The leaves that differ, e.g. ``conditions[1].var.p: 0.6 -> 0.3``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            line
+            for k in sorted(set(old) | set(new))
+            for line in _config_diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+        ]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            line
+            for i, (a, b) in enumerate(zip(old, new, strict=True))
+            for line in _config_diff(a, b, f"{path}[{i}]")
+        ]
+    if old == new:
+        return []
+    return [f"{path}: {json.dumps(old)[:120]} -> {json.dumps(new)[:120]}"]
 
 
 def _model_identity(model: LoadedModel) -> dict[str, Any]:

@@ -117,16 +117,25 @@ class HeadScores(ResultMixin):
         """Heads ordered by the fraction of queries selected, then by mean r."""
         agg = self.aggregate(n_boot=200)
         n_layers, n_heads = agg["s_mean"].shape
+        # r is 1 by definition where a layer has no visual sink: such heads rank last.
+        with_sink = self.has_visual_sink.float().mean(0)
         rows = [
             {
                 "layer": layer,
                 "head": head,
+                "layer_has_visual_sink": float(with_sink[layer]),
                 **{k: float(v[layer, head]) for k, v in agg.items()},
             }
             for layer in range(n_layers)
             for head in range(n_heads)
         ]
-        rows.sort(key=lambda row: (-row["selected_mean"], -row["r_mean"]))
+        rows.sort(
+            key=lambda row: (
+                -row["selected_mean"],
+                -row["layer_has_visual_sink"],
+                -row["r_mean"],
+            )
+        )
         return [row for row in rows if row["selected_mean"] > 0] if top is None else rows[:top]
 
     def image_centric_heads(self, min_fraction: float = 0.5) -> list[tuple[int, int]]:

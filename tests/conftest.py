@@ -11,6 +11,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The test models are small: one intra-op thread per process avoids oversubscribing
+# 2-core CI runners (and is inherited by notebook kernels and torchrun workers).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
@@ -22,7 +25,7 @@ from analysis.tiny import BUILDERS, build_tiny_model
 
 FAMILIES = sorted(BUILDERS)
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,8 @@ def test_aliases_and_label_normalisation(tmp_path, root):
             {"question_id": "x", "image": "sub/b.jpg", "prompt": "Describe."},
         ],
     )
-    items = read_pope(questions, root)
+    with pytest.warns(UserWarning, match="1 of 2 items have no label"):
+        items = read_pope(questions, root)
     assert [(i.id, i.text, i.label) for i in items] == [
         ("7", "Is it red?", "yes"),
         ("x", "Describe.", None),
@@ -145,3 +146,15 @@ def test_records_api_and_fingerprint(tmp_path, root):
     assert fingerprint(items_from_records(edited, root)) != fingerprint(items)
     with pytest.raises(DatasetError, match="limit must be >= 1"):
         items_from_records(rows, root, limit=0)
+
+
+def test_partly_unlabelled_file_warns(tmp_path):
+    rows = [
+        {"question_id": 1, "image": "demo_00.png", "text": "q", "label": "yes"},
+        {"question_id": 2, "image": "demo_00.png", "text": "q", "lable": "no"},
+    ]
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.warns(UserWarning, match=r"1 of 2 items have no label \(ids \['2'\]"):
+        items = read_pope(path, DEMO / "images")
+    assert [item.label for item in items] == ["yes", None]

@@ -73,7 +73,6 @@ class _Knockout:
 def demo():
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     model = AutoModelForImageTextToText.from_pretrained(
         MODEL_DIR, attn_implementation="eager", dtype=torch.float32
     ).eval()

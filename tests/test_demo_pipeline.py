@@ -103,6 +103,14 @@ def test_ground_truth_heads_are_image_centric(demo):
     frac = scores.per_sample()["selected"].mean(0)
     for layer, head in TRUTH.get("sink_heads", []):
         assert frac[layer, head] < 0.5
+    # Heads in layers without a visual sink (r = 1 by definition) rank after all others.
+    ranked = scores.ranked(top=demo.n_layers * demo.n_heads)
+    first = TRUTH["first_sink_layer"]
+    tail = [row["layer"] < first for row in ranked]
+    assert tail == sorted(tail)
+    assert {(r["layer"], r["head"]) for r in ranked[:2]} == {
+        tuple(h) for h in TRUTH["image_centric_heads"]
+    }
 
 
 def test_answers_and_var_on_the_bundled_questions(demo):

@@ -367,6 +367,10 @@ def test_a_different_configuration_is_refused(demo, run8, tmp_path):
         evaluate(demo, ITEMS, out=run8.run_dir, **{**RUN_ARGS, "conditions": "baseline"})
     with pytest.raises(EvalError, match=r"different configuration.*max_new_tokens"):
         evaluate(demo, ITEMS, out=run8.run_dir, **{**RUN_ARGS, "max_new_tokens": 3})
+    # The message names the differing leaf, not a truncated dump of the whole list.
+    changed = CONDITIONS.replace("var", "var:p=0.3", 1)
+    with pytest.raises(EvalError, match=r"conditions\[\d\]\.var\.p: 0\.6 -> 0\.3"):
+        evaluate(demo, ITEMS, out=run8.run_dir, **{**RUN_ARGS, "conditions": changed})
     edited = list(ITEMS)
     edited[0] = Item(ITEMS[0].id, ITEMS[0].image, ITEMS[0].image_name, "Edited?", "yes")
     with pytest.raises(EvalError, match="dataset_fingerprint"):
