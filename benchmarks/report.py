@@ -47,13 +47,13 @@ MISS_NOTES: dict[str, str] = {
         "fixed number of small tensor ops per VAR layer and step; see the decoding note."
     ),
     "var.decode_tokens_per_s": (
-        "Per decoding step VAR's pattern hook runs ~40 small tensor ops per VAR layer: "
-        "0.5 ms per layer in place (commit d0e7753) against a whole demo decoding step of "
-        "~7 ms, so 3 VAR layers cost ~18% (no-op hooks at the same points cost 0%). The "
-        "proposed patch (key tables built once at the prefill, no mask rebuilding or host "
-        "syncs per step) halves it (0.3 ms; ratio 0.82 -> 0.87-0.90 on this machine). A "
-        "7B-shaped layer's decoding step (~0.1 s per layer on a CPU) hides either. On a "
-        "GPU decoding is launch-bound, so the op count, not the bytes, is what costs."
+        "Per decoding step VAR's pattern hook still runs a few small tensor ops per VAR "
+        "layer (~0.3 ms since the key tables are built once at the prefill and counts stay "
+        "on the device; it was 0.5 ms before) against a whole demo decoding step of ~7 ms, "
+        "so 3 VAR layers cost ~10-13% (no-op hooks at the same points cost 0%). That fixed "
+        "cost per layer and step is what remains; a 7B-shaped layer's decoding step "
+        "(~0.1 s per layer on a CPU) hides it (ratio ~1.0 above). On a GPU decoding is "
+        "launch-bound, so the op count, not the bytes, is what costs."
     ),
     "memory.flat": (
         "With glibc's default malloc the RSS grows with N although the results kept are "
