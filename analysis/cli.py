@@ -286,6 +286,8 @@ def sinks(
     html: Annotated[Path | None, typer.Option(help="Write an interactive sink map here.")] = None,
 ) -> None:
     """Classify sink tokens (phi >= tau) at every layer for one image."""
+    import torch
+
     from analysis.plots import sink_overview, write_html
     from analysis.sinks import find_sinks
 
@@ -313,6 +315,23 @@ def sinks(
     )
     payload = result.to_json()
     payload["config"]["image"] = str(path)
+    # Which tokens are sinks, per layer input: prompt positions and (row, col) on the grid.
+    geometry = batches[0].layouts[0].geometry
+    cells = {
+        int(p): (int(r), int(c))
+        for p, r, c in zip(geometry.positions, geometry.row, geometry.col, strict=True)
+    }
+    payload["sink_tokens"] = [
+        {
+            "layer": layer,
+            "positions": torch.nonzero(result.is_sink()[0, layer]).flatten().tolist(),
+            "visual_cells": [
+                cells[p] for p in torch.nonzero(result.visual_sinks()[0, layer]).flatten().tolist()
+            ],
+            "phi": [round(float(v), 3) for v in result.phi[0, layer]],
+        }
+        for layer in range(result.n_layers)
+    ]
     write_json(json_out, payload)
     if html is not None:
         console.print(f"wrote {write_html(sink_overview(result), html)}")

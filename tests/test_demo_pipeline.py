@@ -213,6 +213,12 @@ def test_cli_demo_and_dims(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s.html").stat().st_size > 10_000
+    sink_tokens = json.loads((tmp_path / "s.json").read_text())["sink_tokens"]
+    planted = {tuple(c) for c in TRUTH["images"]["demo_00.png"]["sink_patches"]}
+    first = TRUTH["first_sink_layer"]
+    assert all(not row["visual_cells"] for row in sink_tokens[:first])
+    assert all({tuple(c) for c in row["visual_cells"]} == planted for row in sink_tokens[first:])
+    assert all(0 in row["positions"] for row in sink_tokens[first:])  # BOS
 
 
 def test_cli_errors_are_one_line(tmp_path):
