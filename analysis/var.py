@@ -29,14 +29,14 @@ from analysis.capture import AttentionMaps, HookFn, attention_maps, forward
 from analysis.results import ResultMixin
 from analysis.sinks import DEFAULT_TAU, phi
 from analysis.var_math import (
-    _key_category,
-    _key_masks,
-    _redistribute,
-    _to_paper,
     image_attention_stats,
+    key_category,
+    key_masks,
     redistribute_attention,
     redistribute_attention_with_stats,
+    redistribute_with_tables,
     redistribution_rows,
+    to_paper_convention,
 )
 
 if TYPE_CHECKING:
@@ -175,7 +175,9 @@ class VarIntervention:
         self._seen: dict[int, int] = {}
         # Rows eligible per layer are known on the host from the shapes alone.
         self._rows = {key: [0] * len(layers) for key in ("prefill_rows", "decode_rows")}
-        self._p, self._rho = _to_paper(self.config.p, self.config.rho, self.config.convention)
+        self._p, self._rho = to_paper_convention(
+            self.config.p, self.config.rho, self.config.convention
+        )
         self._query_rows = torch.nonzero(self.queries.any(dim=0)).flatten()
         self._n_queries = int(self.queries.sum())
         self._tables: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -230,8 +232,8 @@ class VarIntervention:
             sinks = torch.nn.functional.pad(sinks, (0, pad))
             visual = torch.nn.functional.pad(visual, (0, pad))
             tables = (
-                _key_masks(visual, sinks),
-                _key_category(visual, sinks),
+                key_masks(visual, sinks),
+                key_category(visual, sinks),
                 (visual & sinks).any(dim=-1),
             )
             self._tables[layer] = tables
@@ -277,7 +279,7 @@ class VarIntervention:
                 part = pattern
                 queries = torch.ones(batch, n_query, dtype=torch.bool, device=device)
                 self._rows["decode_rows"][slot] += batch * n_query * n_heads
-            new, changed, moved = _redistribute(
+            new, changed, moved = redistribute_with_tables(
                 part,
                 masks=masks,
                 category=category,

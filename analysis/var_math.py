@@ -42,9 +42,13 @@ from jaxtyping import Bool, Float
 
 __all__ = [
     "image_attention_stats",
+    "key_category",
+    "key_masks",
     "redistribute_attention",
     "redistribute_attention_with_stats",
+    "redistribute_with_tables",
     "redistribution_rows",
+    "to_paper_convention",
 ]
 
 Convention = Literal["paper", "official"]
@@ -105,17 +109,17 @@ def _key_sums(
     One matmul against a ``[batch, key, 3]`` 0/1 matrix, so the only
     pattern-sized allocation is the float32 upcast (none for float32 input).
     """
-    return _masked_sums(pattern, _key_masks(visual, sinks))
+    return _masked_sums(pattern, key_masks(visual, sinks))
 
 
-def _key_masks(
+def key_masks(
     visual: Bool[torch.Tensor, "batch key"], sinks: Bool[torch.Tensor, "batch key"]
 ) -> Float[torch.Tensor, "batch key 3"]:
     """0/1 columns: visual keys, visual non-sink keys, sink keys."""
     return torch.stack([visual, visual & ~sinks, sinks], dim=-1).to(torch.float32)
 
 
-def _key_category(
+def key_category(
     visual: Bool[torch.Tensor, "batch key"], sinks: Bool[torch.Tensor, "batch key"]
 ) -> torch.Tensor:
     """Per key: sink, visual non-sink or other (the index of its update in a row)."""
@@ -172,7 +176,7 @@ def image_attention_stats(
     return image, _ratio(visual_non_sink, image)
 
 
-def _to_paper(p: float, rho: float, convention: str) -> tuple[float, float]:
+def to_paper_convention(p: float, rho: float, convention: str) -> tuple[float, float]:
     """Map ``(p, rho)`` to the paper's meaning: p = fraction moved, r >= rho.
 
     The official code stores both inverted: its ``p`` is the fraction of sink
@@ -189,27 +193,6 @@ def _to_paper(p: float, rho: float, convention: str) -> tuple[float, float]:
     raise ValueError(f"convention must be 'paper' or 'official', got {convention!r}")
 
 
-def _select_rows(
-    image: Float[torch.Tensor, "batch head query"],
-    visual_non_sink: Float[torch.Tensor, "batch head query"],
-    *,
-    visual: Bool[torch.Tensor, "batch key"],
-    sinks: Bool[torch.Tensor, "batch key"],
-    queries: Bool[torch.Tensor, "batch query"],
-    rho: float,
-    min_image_attention: float,
-) -> Bool[torch.Tensor, "batch head query"]:
-    # Official rule: no visual sink in the sample -> no head is image-centric.
-    return _select(
-        image,
-        visual_non_sink,
-        has_visual_sink=(visual & sinks).any(dim=-1),
-        queries=queries,
-        rho=rho,
-        min_image_attention=min_image_attention,
-    )
-
-
 def _select(
     image: Float[torch.Tensor, "batch head query"],
     visual_non_sink: Float[torch.Tensor, "batch head query"],
@@ -219,6 +202,7 @@ def _select(
     rho: float,
     min_image_attention: float,
 ) -> Bool[torch.Tensor, "batch head query"]:
+    # Official rule: no visual sink in the sample -> no head is image-centric.
     ratio = _ratio(visual_non_sink, image)
     return (
         queries[:, None, :]
@@ -257,11 +241,10 @@ def redistribution_rows(
     _check_fraction("rho", rho)
     _check_fraction("min_image_attention", min_image_attention)
     image, visual_non_sink, _ = _key_sums(pattern, visual, sinks)
-    return _select_rows(
+    return _select(
         image,
         visual_non_sink,
-        visual=visual,
-        sinks=sinks,
+        has_visual_sink=(visual & sinks).any(dim=-1),
         queries=queries,
         rho=rho,
         min_image_attention=min_image_attention,
@@ -315,14 +298,14 @@ def redistribute_attention_with_stats(
         sink attention, or ``p == 0``, is reported but numerically unchanged); and the
         float32 mass ``Omega`` moved off the sinks per row, 0 in unselected rows.
     """
-    p, rho = _to_paper(p, rho, convention)
+    p, rho = to_paper_convention(p, rho, convention)
     _check_fraction("min_image_attention", min_image_attention)
     _check_pattern_and_masks(pattern, visual, sinks, queries)
 
-    return _redistribute(
+    return redistribute_with_tables(
         pattern,
-        masks=_key_masks(visual, sinks),
-        category=_key_category(visual, sinks),
+        masks=key_masks(visual, sinks),
+        category=key_category(visual, sinks),
         has_visual_sink=(visual & sinks).any(dim=-1),
         queries=queries,
         p=p,
@@ -331,7 +314,7 @@ def redistribute_attention_with_stats(
     )
 
 
-def _redistribute(
+def redistribute_with_tables(
     pattern: Float[torch.Tensor, "batch head query key"],
     *,
     masks: Float[torch.Tensor, "batch key 3"],
