@@ -12,11 +12,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from analysis import cli
-from analysis.loading import DEMO_MODEL_DIR, load_model
+from analysis.loading import DEMO_MODEL_DIR
 
 DEMO = DEMO_MODEL_DIR.parent
 REPO = DEMO.parent.parent
@@ -36,19 +35,9 @@ SHARDED_ARGS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the hooks run many small ops, and on a shared 2-core machine
-    two threads spin-wait for each other (several times the CPU time of one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def demo():
-    return load_model(DEMO_MODEL_DIR, device="cpu")
+def demo(demo_model):
+    return demo_model
 
 
 @pytest.fixture

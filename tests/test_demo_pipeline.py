@@ -15,7 +15,7 @@ from analysis.cli import app
 from analysis.dims import discover_dims
 from analysis.generation import answer_logprobs, generate
 from analysis.heads import score_heads
-from analysis.loading import DEMO_MODEL_DIR, load_model
+from analysis.loading import DEMO_MODEL_DIR
 from analysis.sinks import find_sinks, validate_sinks
 from analysis.tokens import build_batch, build_inputs
 from analysis.var import VarConfig, VarIntervention, run_with_var
@@ -28,8 +28,8 @@ PROMPT = "Describe the image."
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return load_model(DEMO_MODEL_DIR, device="cpu")
+def demo(demo_model):
+    return demo_model
 
 
 @pytest.fixture(scope="module")

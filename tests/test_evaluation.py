@@ -12,7 +12,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import binomtest
 
 from analysis.datasets import Item, read_pope
@@ -32,7 +31,7 @@ from analysis.evaluation import (
     repair_part,
     summarize,
 )
-from analysis.loading import DEMO_MODEL_DIR, load_model
+from analysis.loading import DEMO_MODEL_DIR
 from analysis.var import VarConfig
 
 DEMO = DEMO_MODEL_DIR.parent
@@ -206,19 +205,9 @@ def test_parts_tolerate_a_truncated_last_line(tmp_path):
 # ============================================================================ demo model runs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the hooks run many small ops, and on a shared 2-core machine
-    two threads spin-wait for each other (several times the CPU time of one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def demo():
-    return load_model(DEMO_MODEL_DIR, device="cpu")
+def demo(demo_model):
+    return demo_model
 
 
 @pytest.fixture(scope="module")

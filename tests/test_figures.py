@@ -6,11 +6,10 @@ import json
 import re
 
 import pytest
-import torch
 from PIL import Image
 
 from analysis.figures import FIGURE_NAMES, FIGURES, make_figures
-from analysis.loading import DEMO_MODEL_DIR, load_model
+from analysis.loading import DEMO_MODEL_DIR
 from analysis.report import make_report
 
 DEMO = DEMO_MODEL_DIR.parent
@@ -18,19 +17,9 @@ TRUTH = json.loads((DEMO / "ground_truth.json").read_text())
 IMAGES = sorted((DEMO / "images").glob("*.png"))[:2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These forwards are small: one thread avoids OpenMP spinning on a shared 2-core box
-    (a demo forward takes 0.15 s of CPU with one thread, 1.5-2.5 s with two under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def demo():
-    return load_model(DEMO_MODEL_DIR, device="cpu")
+def demo(demo_model):
+    return demo_model
 
 
 def test_make_figures_writes_every_figure(demo, tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 from analysis import plots
 from analysis.capture import attention_maps, pick_queries
 from analysis.figures import compute_results, draw_figures
-from analysis.loading import DEMO_MODEL_DIR, load_model
+from analysis.loading import DEMO_MODEL_DIR
 from analysis.tokens import build_inputs
 
 DEMO = DEMO_MODEL_DIR.parent
@@ -23,19 +23,9 @@ IMAGES = sorted((DEMO / "images").glob("*.png"))[:2]
 PLANTED_HEADS = {tuple(h) for h in TRUTH["image_centric_heads"]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These forwards are small: one thread avoids OpenMP spinning on a shared 2-core box
-    (a demo forward takes 0.15 s of CPU with one thread, 1.5-2.5 s with two under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def results():
-    demo = load_model(DEMO_MODEL_DIR, device="cpu")
+def results(demo_model):
+    demo = demo_model
     return compute_results(demo, IMAGES, dims=TRUTH["sink_dims"], draws=2, show_progress=False)
 
 
