@@ -42,7 +42,8 @@ test: $(STAMP)
 test-alt: $(STAMP)
 	@rm -rf $(ALT_VENV)
 	$(UV) venv -q --python $(BIN)/python $(ALT_VENV)
-	$(UV) pip install -q --python $(ALT_VENV)/bin/python $(TORCH_SOURCE) -r requirements.lock transformers==$(ALT_TRANSFORMERS)
+	echo transformers==$(ALT_TRANSFORMERS) > $(ALT_VENV)/override.txt
+	$(UV) pip install -q --python $(ALT_VENV)/bin/python $(TORCH_SOURCE) -r requirements.lock --override $(ALT_VENV)/override.txt
 	$(UV) pip install -q --python $(ALT_VENV)/bin/python --no-deps -e .
 	$(ALT_VENV)/bin/python -m pytest -q -m invariant -p no:cacheprovider
 	@rm -rf $(ALT_VENV)

@@ -46,10 +46,11 @@ DeviceMapOpt = Annotated[
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from analysis.errors import VsinkError
     from analysis.loading import ModelLoadError
     from analysis.tokens import GeometryError, ImageError
 
-    return (ModelLoadError, ImageError, GeometryError, ValueError, FileNotFoundError)
+    return (VsinkError, ModelLoadError, ImageError, GeometryError, ValueError, FileNotFoundError)
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:

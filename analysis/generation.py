@@ -3,19 +3,26 @@
 Generation runs HF's own ``generate`` on the wrapped model: the bridge's
 components sit inside it, so hooks (VAR, knock-outs) fire at every step, the
 KV cache, left padding and each family's position handling (e.g. Gemma 3's
-image-token attention) stay HF's.
+image-token attention) stay HF's. After every cached generation the cache is
+checked to hold every position fed (:func:`analysis.compat.check_cache_filled`):
+a transformers / TransformerLens mismatch that leaves it empty raises instead of
+decoding without the prompt.
+
+:func:`reference_greedy` is the slow reference the cached path is tested
+against: an uncached loop of full forwards, hooks rebuilt for each longer sequence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
 
 from analysis.capture import HookFn, forward
+from analysis.compat import check_cache_filled
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
@@ -24,10 +31,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class Generation:
-    """Generated token ids (prompt excluded) and their decoded text, per sample."""
+    """Generated token ids (prompt excluded) and their decoded text, per sample.
+
+    ``step_logits`` (with ``keep_logits=True``): the next-token logits of every
+    decoding step, [batch, vocab] each, as float32 on the CPU.
+    """
 
     tokens: list[list[int]]
     texts: list[str]
+    step_logits: list[torch.Tensor] = field(default_factory=list)
 
 
 def generate(
@@ -36,27 +48,85 @@ def generate(
     *,
     max_new_tokens: int = 16,
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    stop_at_eos: bool = True,
+    keep_logits: bool = False,
 ) -> Generation:
-    """Greedy decoding with a KV cache, ``fwd_hooks`` active at every step."""
+    """Greedy decoding with a KV cache, ``fwd_hooks`` active at every step.
+
+    ``stop_at_eos=False`` decodes exactly ``max_new_tokens`` tokens and keeps the
+    EOS ids in ``tokens`` (for comparisons against :func:`reference_greedy`).
+    The image placeholder token is never generated. ``keep_logits`` keeps each
+    step's raw logits (before that suppression).
+    """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     device = model.device
     tensors = {k: v.to(device) for k, v in inputs.tensors.items()}
     eos = list(model.eos_token_ids) or None
+    pad = model.pad_token_id if model.pad_token_id is not None else (eos or [0])[0]
     with torch.no_grad(), model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
         out = model.hf_model.generate(
             **tensors,
             max_new_tokens=max_new_tokens,
+            min_new_tokens=None if stop_at_eos else max_new_tokens,
             do_sample=False,
             num_beams=1,
             use_cache=True,
-            eos_token_id=eos,
-            pad_token_id=model.pad_token_id if model.pad_token_id is not None else (eos or [0])[0],
+            eos_token_id=eos if stop_at_eos else None,
+            pad_token_id=pad,
+            # An image placeholder in the output would be read as an image slot.
+            suppress_tokens=[model.image_token_id],
+            return_dict_in_generate=True,
+            output_logits=keep_logits,
         )
-    new = out[:, inputs.input_ids.shape[1] :].cpu()
-    tokens = [_strip(row.tolist(), set(model.eos_token_ids), model.pad_token_id) for row in new]
+    check_cache_filled(out)
+    new = out.sequences[:, inputs.input_ids.shape[1] :].cpu()
+    if stop_at_eos:
+        tokens = [_strip(row.tolist(), set(model.eos_token_ids), model.pad_token_id) for row in new]
+    else:
+        tokens = [row.tolist() for row in new]
     texts = [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
-    return Generation(tokens, texts)
+    logits = [step.float().cpu() for step in out.logits] if keep_logits else []
+    return Generation(tokens, texts, logits)
+
+
+HookFactory = Callable[["ModelInputs"], Sequence[tuple[str, HookFn]]]
+
+
+def reference_greedy(
+    model: LoadedModel,
+    inputs: ModelInputs,
+    *,
+    max_new_tokens: int,
+    make_hooks: HookFactory | None = None,
+) -> Generation:
+    """Greedy decoding without a cache: one full forward per token (slow; a reference).
+
+    ``make_hooks(extended)`` builds the hooks for each step's sequence, the prompt
+    plus the tokens generated so far (:meth:`ModelInputs.extend`), so an
+    intervention sees the generated tokens as text queries after the image, as
+    its decoding rows in the cached path. Position ids follow the attention mask
+    as in ``generate``, so left-padded batches match it. EOS does not stop it.
+    """
+    device = model.device
+    current = inputs
+    steps: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        tensors = {k: v.to(device) for k, v in current.tensors.items()}
+        mask = tensors["attention_mask"].long()
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        hooks = list(make_hooks(current)) if make_hooks is not None else []
+        with torch.no_grad(), model.bridge.hooks(fwd_hooks=hooks):
+            logits = model.hf_model(**tensors, position_ids=position_ids, use_cache=False).logits
+        step = logits[:, -1].float().cpu()
+        steps.append(step)
+        allowed = step.clone()
+        allowed[:, model.image_token_id] = -torch.inf  # as generate's suppress_tokens
+        current = current.extend(allowed.argmax(-1, keepdim=True))
+    new = current.input_ids[:, inputs.input_ids.shape[1] :]
+    tokens = [row.tolist() for row in new]
+    texts = [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+    return Generation(tokens, texts, steps)
 
 
 def _strip(ids: list[int], eos: set[int], pad: int | None) -> list[int]:

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import torch
 
+from analysis.compat import install_cache_compat
+
 log = logging.getLogger(__name__)
 
 Layout = Literal["grid", "anyres", "pooled_grid"]
@@ -308,6 +310,7 @@ def load_model(
         )
     bridge.eval()
     bridge.processor = processor
+    install_cache_compat(bridge)
     return _describe_loaded(bridge, processor, family, name, revision, is_local, torch_dtype)
 
 

@@ -243,6 +243,49 @@ class ModelInputs:
             out[key] = value.to(device) if device is not None else value
         return out
 
+    def extend(self, new_ids: Int[torch.Tensor, "batch new"]) -> ModelInputs:
+        """These inputs with ``new_ids`` appended to every row (generated text tokens).
+
+        Appended positions are attended, text, and queries after the image, like the
+        rows a cached decoding step adds; per-token tensors other than the mask
+        (e.g. Gemma 3's ``token_type_ids``) get 0, the text type.
+        """
+        new_ids = new_ids.to(self.input_ids.device, self.input_ids.dtype)
+        if new_ids.dim() != 2 or new_ids.shape[0] != self.batch_size:
+            raise ValueError(
+                f"extend needs [batch, new] token ids for a batch of {self.batch_size}, "
+                f"got shape {tuple(new_ids.shape)}."
+            )
+        n_new = int(new_ids.shape[1])
+        tensors: dict[str, torch.Tensor] = {}
+        for key, value in self.tensors.items():
+            if key == "input_ids":
+                tensors[key] = torch.cat([value, new_ids], dim=1)
+            elif key not in _PER_IMAGE_TENSORS and value.shape[:2] == self.input_ids.shape:
+                fill = 1 if key == "attention_mask" else 0
+                extra = value.new_full((self.batch_size, n_new, *value.shape[2:]), fill)
+                tensors[key] = torch.cat([value, extra], dim=1)
+            else:
+                tensors[key] = value
+        layouts = []
+        for index, layout in enumerate(self.layouts):
+            ones = torch.ones(n_new, dtype=torch.bool)
+            zeros = torch.zeros(n_new, dtype=torch.bool)
+            ids = new_ids[index].cpu()
+            layouts.append(
+                TokenLayout(
+                    input_ids=torch.cat([layout.input_ids, ids]),
+                    attention_mask=torch.cat([layout.attention_mask, ones]),
+                    visual=torch.cat([layout.visual, zeros]),
+                    text=torch.cat([layout.text, ones]),
+                    queries=torch.cat([layout.queries, ones]),
+                    bos_position=layout.bos_position,
+                    geometry=layout.geometry,
+                    tokens=layout.tokens + [str(int(i)) for i in ids],
+                )
+            )
+        return ModelInputs(tensors, layouts, list(self.prompts), list(self.image_sizes))
+
     def select(self, index: int) -> ModelInputs:
         """Sample ``index`` as a batch of one with its padding stripped (reference runs)."""
         layout = self.layouts[index]

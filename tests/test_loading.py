@@ -43,6 +43,7 @@ def test_metadata_matches_config(tiny, tiny_dirs, family):
     assert tiny.describe()["architecture"] == FAMILIES[family].architectures[0]
 
 
+@pytest.mark.invariant
 def test_logits_match_hf_eager(tiny, tiny_dirs, family):
     """No hooks: bridge logits equal a separately loaded HF eager model's, within 1e-5."""
     reference = AutoModelForImageTextToText.from_pretrained(
@@ -60,6 +61,7 @@ def test_logits_match_hf_eager(tiny, tiny_dirs, family):
     torch.testing.assert_close(actual[mask], expected[mask], atol=1e-5, rtol=0)
 
 
+@pytest.mark.invariant
 @pytest.mark.parametrize("where", ["pattern", "resid"])
 def test_hook_edits_change_logits(tiny, image, where):
     """VAR edits hook_pattern; knock-outs and steering edit the residual: both must bite."""
