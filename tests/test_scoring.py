@@ -193,3 +193,59 @@ def test_paired_bootstrap_matches_naive_loop():
 def test_paired_bootstrap_refuses_misaligned_units():
     with pytest.raises(ValueError, match="units"):
         paired_bootstrap(accuracy, [Unit((1.0,))], {"x": []}, n_boot=10, seed=0)
+
+
+def test_chair_mentions_two_word_phrases_and_plurals():
+    from analysis.scoring.chair import caption_objects
+
+    caption = "Two men eat hot dogs next to a dining table with wine glasses and dogs."
+    assert caption_objects(caption) == ["person", "hot dog", "dining table", "wine glass", "dog"]
+    assert caption_objects("A teddy bear sits on the sofa.") == ["teddy bear", "couch"]
+    assert caption_objects("Buses and benches.") == ["bus", "bench"]
+    assert caption_objects("A sunny day.") == []
+
+
+def test_chair_scores_by_hand(tmp_path):
+    import json
+
+    from analysis.scoring.chair import chair_caption, chair_scores, coco_objects
+
+    annotations = {
+        "categories": [
+            {"id": 1, "name": "person"},
+            {"id": 18, "name": "dog"},
+            {"id": 3, "name": "car"},
+        ],
+        "images": [{"id": 10, "file_name": "a.jpg"}, {"id": 11, "file_name": "b.jpg"}],
+        "annotations": [
+            {"image_id": 10, "category_id": 1},
+            {"image_id": 10, "category_id": 18},
+            {"image_id": 11, "category_id": 3},
+        ],
+    }
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(annotations))
+    truth = coco_objects(path)
+    assert truth == {"a.jpg": {"person", "dog"}, "b.jpg": {"car"}}
+    # a.jpg: person, dog right, frisbee hallucinated. b.jpg: car right.
+    captions = [
+        chair_caption("A woman throws a frisbee to her dog.", truth["a.jpg"]),
+        chair_caption("A red car parked.", truth["b.jpg"]),
+    ]
+    assert captions[0].hallucinated == ("frisbee",)
+    out = chair_scores(captions)
+    assert out["chair_i"] == pytest.approx(100 * 1 / 4)  # 1 of 4 mentions
+    assert out["chair_s"] == pytest.approx(50.0)  # 1 of 2 captions
+    assert out["recall"] == pytest.approx(100.0)  # 3 of 3 annotated objects
+
+
+def test_chair_refuses_a_broken_annotation_file(tmp_path):
+    from analysis.datasets import DatasetError
+    from analysis.scoring.chair import coco_objects
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": []}')
+    with pytest.raises(DatasetError, match="missing COCO field"):
+        coco_objects(bad)
+    with pytest.raises(DatasetError, match="not found"):
+        coco_objects(tmp_path / "none.json")
