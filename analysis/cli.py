@@ -9,7 +9,10 @@ Errors the user can fix are printed as one clear line, never a traceback.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -52,17 +56,70 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ModelLoadError, ImageError, GeometryError, ValueError, FileNotFoundError)
 
 
+# Exit codes: 2 for an error the user can fix, 128 + signal number when stopped by a signal.
+EXIT_USER_ERROR = 2
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the same cleanup runs (locks released, parts kept)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _interrupted_line(err: KeyboardInterrupt) -> str:
+    from analysis.evaluation import RunInterrupted
+
+    if isinstance(err, RunInterrupted):
+        return (
+            f"interrupted: {err.written} records written ({err.present} in {err.run}), "
+            "rerun the same command to resume"
+        )
+    return "interrupted"
+
+
+def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected user errors into one red line and exit code 2."""
+    """Turn expected user errors into one red line and exit code 2.
+
+    File-system faults (disk full, read-only, a folder where a file goes) are
+    one line too. SIGINT and SIGTERM print one ``interrupted`` line (with the
+    records kept, for a run) and exit 130 / 143. Warnings print as one line.
+    """
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from analysis.fsio import describe_os_error
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except _user_errors() as err:
             # soft_wrap: a long message stays one line instead of being wrapped at 80 columns.
-            err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(code=EXIT_USER_ERROR) from None
+        except OSError as err:
+            err_console.print(
+                f"[bold red]error:[/] {escape(describe_os_error(err))}", soft_wrap=True
+            )
+            raise typer.Exit(code=EXIT_USER_ERROR) from None
+        except KeyboardInterrupt as err:
+            err_console.print(escape(_interrupted_line(err)), soft_wrap=True)
+            stopped_by = err.__cause__ if err.__cause__ is not None else err
+            code = EXIT_SIGTERM if isinstance(stopped_by, Terminated) else EXIT_SIGINT
+            raise typer.Exit(code=code) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -690,8 +747,10 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
                 f"no-op on {var['noop_items']} items"
             )
     if not summary["complete"]:
+        expected = summary.get("n_items_expected", summary["n_items"])
         console.print(
-            "[yellow]incomplete: some conditions lack some items (run again to resume)[/]"
+            f"[yellow]partial: {summary['n_items']} of {expected} items present, some "
+            "conditions lack some items (rerun the same command to resume)[/]"
         )
 
 

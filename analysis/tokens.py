@@ -44,19 +44,31 @@ def load_image(image: ImageLike) -> Image.Image:
     """Read an image from a path, PIL image or array and return it as RGB.
 
     Grayscale, palette, 16-bit and RGBA images are converted (alpha is
-    composited on white, as a viewer would show it). Missing, corrupt or
-    zero-size images raise :class:`ImageError`.
+    composited on white, as a viewer would show it). Missing, corrupt,
+    zero-size, animated and oversized (decompression-bomb) images, and folders,
+    raise :class:`ImageError`.
     """
     if isinstance(image, str | os.PathLike):
         path = Path(image).expanduser()
+        if path.is_dir():
+            raise ImageError(f"{path} is a folder, not an image file.")
         if not path.is_file():
             raise ImageError(f"Image file not found: {path}")
         try:
             with Image.open(path) as opened:
+                frames = getattr(opened, "n_frames", 1)
+                if frames > 1:
+                    raise ImageError(
+                        f"{path} is animated ({frames} frames); pass a single still image."
+                    )
                 opened.load()
                 pil = opened.copy()
+        except Image.DecompressionBombError as err:
+            raise ImageError(
+                f"{path} is too large to decode safely ({err}); downscale it first."
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise ImageError(f"Cannot decode image {path}: {err}") from err
+            raise ImageError(f"Cannot decode image {path}: {err}") from None
         return _to_rgb(pil, str(path))
     if isinstance(image, Image.Image):
         return _to_rgb(image, "PIL image")
@@ -538,6 +550,12 @@ def describe_layout(layout: TokenLayout) -> dict[str, Any]:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def check_images(paths: list[Path]) -> None:
+    """Decode every image once (before a model is loaded): a bad one is found now."""
+    for path in dict.fromkeys(paths):
+        load_image(path)
 
 
 def collect_images(paths: list[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:
