@@ -150,12 +150,16 @@ class HeadScores(ResultMixin):
 
     def to_csv(self, path: str) -> None:
         import csv
+        import io
+
+        from analysis.fsio import write_atomic
 
         rows = self.ranked(top=10**9)
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(path, buffer.getvalue())
 
 
 def score_heads(
