@@ -1050,13 +1050,20 @@ def summary(
 ) -> None:
     """Table + JSON of a run, recomputed from its per-item records (also of a partial run)."""
     from analysis.checks import check_settings
-    from analysis.evaluation import SUMMARY, merge_run
+    from analysis.evaluation import LOCK, SUMMARY, merge_run
+    from analysis.fsio import read_lock
 
     if n_boot is not None:
         check_settings(n_boot=n_boot)
     check_outputs(json_out=json_out)
     result = merge_run(run_dir, n_boot=n_boot)
     print_summary(result.summary(), escape(f"{run_dir} ({describe_run(result)})"))
+    writer = read_lock(run_dir / LOCK)
+    if writer is not None and writer.running() is not False:
+        console.print(
+            f"[yellow]a run is still writing to this folder ({escape(writer.describe())}): "
+            "these numbers are a snapshot[/]"
+        )
     console.print(f"wrote {escape(str(run_dir / SUMMARY))}")
     write_json(json_out, result.summary())
 

@@ -445,6 +445,15 @@ def test_summary_marks_a_partly_written_run_partial(runner, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is False
     assert (summary["n_items"], summary["n_items_expected"]) == (11, 32)
+    # While a writer holds the folder, the summary says it is a snapshot.
+    writer = _sleeper()
+    try:
+        _write_lock(out, writer.pid)
+        result = runner.invoke(cli.app, ["summary", str(out)])
+        assert "still writing to this folder" in " ".join(result.output.split())
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 # ============================================================ 6. SIGINT / SIGTERM
