@@ -1187,6 +1187,8 @@ def figures(
     parse_dims(dims)
     check_output_dir(out, "--out")
     paths = image_paths(images, model)
+    if focus >= len(paths):
+        raise ValueError(f"--focus {focus}: there are {len(paths)} images (0..{len(paths) - 1}).")
     loaded = load(model, device, dtype, device_map, max_length=max_length)
     # Recorded in the folder's README; run as a console script, argv is the exact command.
     called = Path(sys.argv[0]).name == "vsink"

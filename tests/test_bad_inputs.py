@@ -111,6 +111,7 @@ NAN, INF = "nan", "inf"
         (["contribution", "--tau", "-1"], "tau must be positive"),
         (["report", "--p", "2", "--out", "{out}.html"], "p must be in [0, 1]"),
         (["figures", "--rho", NAN, "--out", "{out}"], "rho must be in [0, 1]"),
+        (["figures", "--focus", "99", "--out", "{out}"], "--focus 99: there are"),
         (["demo", "--tau", NAN], "tau must be positive"),
         (["summary", "{out}", "--n-boot", "0"], "n_boot must be >= 1"),
     ],
