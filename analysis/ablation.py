@@ -29,6 +29,7 @@ from jaxtyping import Bool
 
 from analysis import hooks
 from analysis.capture import HookFn
+from analysis.checks import check_settings
 from analysis.generation import answer_logprobs, kl_divergence
 from analysis.results import ResultMixin, provenance
 from analysis.sinks import DEFAULT_TAU, phi
@@ -94,6 +95,7 @@ class KnockOut:
     ) -> None:
         if target not in TARGETS:
             raise ValueError(f"Unknown target {target!r}; choose from {TARGETS}.")
+        check_settings(tau=tau, seed=seed)
         if mode not in ("pre", "post"):
             raise ValueError(f"Unknown mode {mode!r}; use 'pre' or 'post'.")
         if target in ("sinks", "random", "nonsink") and not dims:
@@ -271,6 +273,7 @@ def ablate(
     """Run the baseline and each knock-out condition; ``random`` runs ``draws`` times."""
     from analysis.generation import decode_tokens
 
+    check_settings(tau=tau, draws=draws, seed=seed)
     base_lp, base_full = answer_logprobs(model, inputs, answers)
     conditions, logprobs, kls, greedy, blocked = (
         ["baseline"],

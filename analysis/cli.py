@@ -8,8 +8,12 @@ Errors the user can fix are printed as one clear line, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -37,6 +42,13 @@ DeviceOpt = Annotated[
     str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if available).")
 ]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32 (default), bfloat16 or float16.")]
+MaxLengthOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Longest prompt in tokens (default: the model's max_position_embeddings; "
+        "longer prompts are refused)."
+    ),
+]
 DeviceMapOpt = Annotated[
     str | None,
     typer.Option(
@@ -53,17 +65,70 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (VsinkError, ModelLoadError, ImageError, GeometryError, ValueError, FileNotFoundError)
 
 
+# Exit codes: 2 for an error the user can fix, 128 + signal number when stopped by a signal.
+EXIT_USER_ERROR = 2
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the same cleanup runs (locks released, parts kept)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _interrupted_line(err: KeyboardInterrupt) -> str:
+    from analysis.evaluation import RunInterrupted
+
+    if isinstance(err, RunInterrupted):
+        return (
+            f"interrupted: {err.written} records written ({err.present} in {err.run}), "
+            "rerun the same command to resume"
+        )
+    return "interrupted"
+
+
+def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected user errors into one red line and exit code 2."""
+    """Turn expected user errors into one red line and exit code 2.
+
+    File-system faults (disk full, read-only, a folder where a file goes) are
+    one line too. SIGINT and SIGTERM print one ``interrupted`` line (with the
+    records kept, for a run) and exit 130 / 143. Warnings print as one line.
+    """
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from analysis.fsio import describe_os_error
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except _user_errors() as err:
             # soft_wrap: a long message stays one line instead of being wrapped at 80 columns.
-            err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(code=EXIT_USER_ERROR) from None
+        except OSError as err:
+            err_console.print(
+                f"[bold red]error:[/] {escape(describe_os_error(err))}", soft_wrap=True
+            )
+            raise typer.Exit(code=EXIT_USER_ERROR) from None
+        except KeyboardInterrupt as err:
+            err_console.print(escape(_interrupted_line(err)), soft_wrap=True)
+            stopped_by = err.__cause__ if err.__cause__ is not None else err
+            code = EXIT_SIGTERM if isinstance(stopped_by, Terminated) else EXIT_SIGINT
+            raise typer.Exit(code=code) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -82,21 +147,38 @@ def resolve_model_path(model: str | None) -> str:
 
 
 def load(
-    model: str | None, device: str | None, dtype: str | None, device_map: str | None = None
+    model: str | None,
+    device: str | None,
+    dtype: str | None,
+    device_map: str | None = None,
+    max_length: int | None = None,
 ) -> Any:
     from analysis.loading import load_model
+    from analysis.tokens import MAX_LENGTH_KEY
 
     path = resolve_model_path(model)
-    with console.status(f"loading {path}"):
-        return load_model(path, device=device, dtype=dtype, device_map=device_map)
+    with console.status(f"loading {escape(path)}"):
+        loaded = load_model(path, device=device, dtype=dtype, device_map=device_map)
+    if max_length is not None:
+        loaded.extra[MAX_LENGTH_KEY] = max_length
+    return loaded
+
+
+def check_outputs(**outputs: Path | None) -> None:
+    """Output files by option name (``json_out`` is ``--json``), checked writable up front."""
+    from analysis.fsio import check_output_file
+
+    for option, path in outputs.items():
+        check_output_file(path, "--" + option.removesuffix("_out").replace("_", "-"))
 
 
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    from analysis.fsio import write_atomic
+
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
-    console.print(f"wrote {path}")
+    write_atomic(path, json.dumps(payload, indent=2))
+    console.print(f"wrote {escape(str(path))}")
 
 
 @app.command()
@@ -110,24 +192,32 @@ def info(
         str, typer.Option(help="Prompt for the token layout.")
     ] = "Describe the image.",
     device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
 ) -> None:
     """Architecture, sizes, image-token layout and known sink dims of MODEL."""
     from PIL import Image
 
+    from analysis.checks import check_settings
     from analysis.dims import registry_entry
     from analysis.tokens import build_inputs, describe_layout
 
-    loaded = load(model, device, dtype)
-    sample = image if image is not None else Image.new("RGB", (336, 336), (128, 128, 128))
+    check_settings(max_length=max_length)
+    check_outputs(json_out=json_out)
+    sample = (
+        single_image(image, model)
+        if image is not None
+        else Image.new("RGB", (336, 336), (128, 128, 128))
+    )
+    loaded = load(model, device, dtype, max_length=max_length)
     inputs = build_inputs(loaded, sample, prompt)
     layout = describe_layout(inputs.layouts[0])
     known = registry_entry(loaded)
     summary = {**loaded.describe(), "layout": layout, "registry": known}
-    table = Table(title=f"vsink info: {loaded.name_or_path}", show_header=False)
+    table = Table(title=f"vsink info: {escape(loaded.name_or_path)}", show_header=False)
     for key in ("family", "architecture", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head"):
-        table.add_row(key, str(summary[key]))
+        table.add_row(key, escape(str(summary[key])))
     table.add_row("image token id", str(loaded.image_token_id))
     table.add_row("BOS", f"id {loaded.bos_token_id}, position {layout['bos_position']}")
     table.add_row(
@@ -140,11 +230,13 @@ def info(
         newline = " + newline column" if grid["newline_column"] else ""
         table.add_row(
             f"grid image {grid['image']} tile {grid['tile']}",
-            f"{grid['name']}: {grid['rows']} x {grid['cols']}{newline}",
+            f"{escape(str(grid['name']))}: {grid['rows']} x {grid['cols']}{newline}",
         )
     table.add_row(
         "known sink dims",
-        f"{known['dims']} ({known['key']})" if known else "not in the registry (discover them)",
+        escape(f"{known['dims']} ({known['key']})")
+        if known
+        else "not in the registry (discover them)",
     )
     console.print(table)
     write_json(json_out, summary)
@@ -172,6 +264,10 @@ ImageRootOpt = Annotated[
     ),
 ]
 LimitOpt = Annotated[int | None, typer.Option(help="Evaluate only the first N items.")]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Take over the run folder's lock even if its owner seems alive."),
+]
 BatchOpt = Annotated[int, typer.Option(help="Items per forward pass (left-padded).")]
 BootOpt = Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")]
 
@@ -183,18 +279,24 @@ def demo_dir() -> Path:
 
 
 def image_paths(images: list[Path] | None, model: str | None) -> list[Path]:
-    from analysis.tokens import collect_images
+    """The image files of --images (or the demo's), each decoded once: call before loading."""
+    from analysis.tokens import check_images, collect_images
 
     if images:
-        return collect_images(images)
-    if model is not None:
+        found = collect_images(images)
+    elif model is not None:
         raise ValueError("--images is required with a MODEL (the demo images suit only the demo).")
-    return collect_images(demo_dir() / "images")
+    else:
+        found = collect_images(demo_dir() / "images")
+    check_images(found)
+    return found
 
 
 def single_image(image: Path | None, model: str | None) -> Path:
-    """The given image, or the first demo image when running on the demo model."""
+    """The given image file, or the first demo image when running on the demo model."""
     if image is not None:
+        if image.is_dir():
+            raise ValueError(f"--image takes one image file; {image} is a folder.")
         return image_paths([image], model)[0]
     if model is not None:
         raise ValueError("--image is required with a MODEL (the demo images suit only the demo).")
@@ -236,18 +338,21 @@ def dims(
     ] = 100.0,
     min_abs: Annotated[float, typer.Option(help="Absolute floor on the peak (0 = off).")] = 0.0,
     device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
     """Discover massive-activation (sink) dimensions over a set of images."""
+    from analysis.checks import check_settings
     from analysis.dims import DimThresholds, discover_dims
 
-    loaded = load(model, device, dtype)
+    thresholds = DimThresholds(min_ratio=min_ratio, min_abs=min_abs)
+    check_settings(max_length=max_length)
+    check_outputs(json_out=json_out)
     paths = image_paths(images, model)
+    loaded = load(model, device, dtype, max_length=max_length)
     batches = calibration(loaded, paths, prompt)
-    result = discover_dims(
-        loaded, batches, thresholds=DimThresholds(min_ratio=min_ratio, min_abs=min_abs)
-    )
+    result = discover_dims(loaded, batches, thresholds=thresholds)
     table = Table(title=f"sink dims over {len(paths)} images")
     for column in ("dim", "score", "peak/median BOS", "visual", "text"):
         table.add_column(column)
@@ -264,7 +369,7 @@ def dims(
     if result.registry is not None:
         verdict = "agrees" if result.agrees_with_registry else "DISAGREES"
         console.print(
-            f"registry ({result.registry['key']}): {result.registry['dims']} -> {verdict}"
+            escape(f"registry ({result.registry['key']}): {result.registry['dims']} -> {verdict}")
         )
     payload = result.to_json()
     payload["config"]["images"] = [str(p) for p in paths]
@@ -282,6 +387,7 @@ def sinks(
     tau: Annotated[float, typer.Option(help="phi threshold for a sink token.")] = 20.0,
     dims: DimsOpt = None,
     device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
     json_out: JsonOpt = None,
     html: Annotated[Path | None, typer.Option(help="Write an interactive sink map here.")] = None,
@@ -289,16 +395,20 @@ def sinks(
     """Classify sink tokens (phi >= tau) at every layer for one image."""
     import torch
 
+    from analysis.checks import check_settings
     from analysis.plots import sink_overview, write_html
     from analysis.sinks import find_sinks
 
-    loaded = load(model, device, dtype)
+    check_settings(tau=tau, max_length=max_length)
+    parse_dims(dims)  # a malformed --dims is refused before loading
+    check_outputs(json_out=json_out, html=html)
     path = single_image(image, model)
+    loaded = load(model, device, dtype, max_length=max_length)
     batches = calibration(loaded, [path], prompt)
     chosen = resolve_dims(loaded, dims, batches)
     result = find_sinks(loaded, batches[0], dims=chosen, tau=tau)
     summary = result.summary()
-    table = Table(title=f"sinks in {path.name} (dims {chosen}, tau {tau:g})")
+    table = Table(title=escape(f"sinks in {path.name} (dims {chosen}, tau {tau:g})"))
     for column in ("layer", "visual sinks", "text sinks", "BOS sink"):
         table.add_column(column)
     for row in summary["per_layer"]:
@@ -312,7 +422,7 @@ def sinks(
     sample = summary["samples"][0]
     console.print(
         f"consensus (layers 2..L-1): {sample['visual_sinks_consensus']} of {sample['n_visual']} "
-        f"visual tokens are sinks; text sinks: {sample['text_sink_tokens']}"
+        f"visual tokens are sinks; text sinks: {escape(str(sample['text_sink_tokens']))}"
     )
     payload = result.to_json()
     payload["config"]["image"] = str(path)
@@ -335,7 +445,7 @@ def sinks(
     ]
     write_json(json_out, payload)
     if html is not None:
-        console.print(f"wrote {write_html(sink_overview(result), html)}")
+        console.print(f"wrote {escape(str(write_html(sink_overview(result), html)))}")
 
 
 @app.command()
@@ -351,16 +461,23 @@ def generate(
     dims: DimsOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 16,
     device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
     """Greedy answer for IMAGE + PROMPT; with --var, the baseline and the VAR answer."""
+    from analysis.checks import check_settings
     from analysis.generation import generate as run_generate
     from analysis.results import provenance
     from analysis.var import VarConfig, VarIntervention
 
-    loaded = load(model, device, dtype)
+    # Every setting is checked before loading: --var --p 1.5 never generates a baseline.
+    check_settings(max_new_tokens=max_new_tokens, max_length=max_length)
+    config = VarConfig(p=p, rho=rho, tau=tau) if var else None
+    parse_dims(dims)
+    check_outputs(json_out=json_out)
     path = single_image(image, model)
+    loaded = load(model, device, dtype, max_length=max_length)
     inputs = calibration(loaded, [path], prompt)[0]
     baseline = run_generate(loaded, inputs, max_new_tokens=max_new_tokens)
     payload: dict[str, Any] = {
@@ -373,16 +490,15 @@ def generate(
             **provenance(),
         },
     }
-    console.print(f"[bold]baseline:[/] {baseline.texts[0]}")
-    if var:
-        config = VarConfig(p=p, rho=rho, tau=tau)
+    console.print(f"[bold]baseline:[/] {escape(baseline.texts[0])}")
+    if config is not None:
         chosen = resolve_dims(loaded, dims, [inputs])
         intervention = VarIntervention(loaded, inputs, dims=chosen, config=config)
         answer = run_generate(
             loaded, inputs, max_new_tokens=max_new_tokens, fwd_hooks=intervention.fwd_hooks()
         )
         record = intervention.record()
-        console.print(f"[bold]VAR:[/]      {answer.texts[0]}")
+        console.print(f"[bold]VAR:[/]      {escape(answer.texts[0])}")
         console.print(
             f"VAR changed {record.total_changed} (layer, head, query) rows, moved "
             f"{record.total_mass:.3f} attention mass over layers {record.layers[0]}.."
@@ -414,15 +530,21 @@ def heads(
     dims: DimsOpt = None,
     top: Annotated[int, typer.Option(help="Heads to list.")] = 10,
     device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
     json_out: JsonOpt = None,
     csv: Annotated[Path | None, typer.Option(help="Write every head's scores as CSV.")] = None,
 ) -> None:
     """Score heads by image attention and visual non-sink ratio; list image-centric heads."""
-    from analysis.heads import score_heads
+    from analysis.checks import check_settings
+    from analysis.heads import resolve_rho, score_heads
 
-    loaded = load(model, device, dtype)
+    resolve_rho(rho, preset)
+    check_settings(tau=tau, top=top, max_length=max_length)
+    parse_dims(dims)
+    check_outputs(json_out=json_out, csv=csv)
     paths = image_paths(images, model)
+    loaded = load(model, device, dtype, max_length=max_length)
     batches = calibration(loaded, paths, prompt)
     chosen = resolve_dims(loaded, dims, batches)
     result = score_heads(loaded, batches, dims=chosen, tau=tau, rho=rho, preset=preset)
@@ -446,7 +568,7 @@ def heads(
     write_json(json_out, payload)
     if csv is not None:
         result.to_csv(str(csv))
-        console.print(f"wrote {csv}")
+        console.print(f"wrote {escape(str(csv))}")
 
 
 @app.command()
@@ -486,8 +608,10 @@ def ablate(
     ] = 0,
     n_boot: BootOpt = 1000,
     device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    force: ForceOpt = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Knock out attention to sink tokens (or controls) and compare with the unablated run.
@@ -497,7 +621,22 @@ def ablate(
     baseline and the mean change of log p(label), in a resumable run folder.
     """
     from analysis.ablation import ablate as run_ablate
+    from analysis.checks import check_choice, check_settings
 
+    check_settings(
+        tau=tau,
+        draws=draws,
+        seed=seed,
+        limit=limit,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        n_boot=n_boot,
+        max_length=max_length,
+    )
+    check_choice("--mode", mode, ("pre", "post"))
+    parse_dims(dims)
+    parse_dims(layers)
+    check_outputs(json_out=json_out)
     if questions is not None:
         _ablate_dataset(
             model,
@@ -519,13 +658,16 @@ def ablate(
             device=device,
             dtype=dtype,
             device_map=device_map,
+            max_length=max_length,
+            force=force,
             json_out=json_out,
         )
         return
     if images is not None:
         raise ValueError("--images is for dataset mode (with --questions); use --image.")
-    loaded = load(model, device, dtype, device_map)
+    parse_dims(positions)
     path = single_image(image, model)
+    loaded = load(model, device, dtype, device_map, max_length=max_length)
     inputs = calibration(loaded, [path], prompt)[0]
     chosen_targets = target or ["sinks", "random"]
     needs_dims = any(t in ("sinks", "random", "nonsink") for t in chosen_targets)
@@ -543,17 +685,17 @@ def ablate(
         draws=draws,
         seed=seed,
     )
-    table = Table(title=f"knock-out on {path.name} ({mode}-softmax)")
-    for column in ("condition", f"log p({result.answers[0]})", "delta", "KL", "greedy"):
+    table = Table(title=escape(f"knock-out on {path.name} ({mode}-softmax)"))
+    for column in ("condition", escape(f"log p({result.answers[0]})"), "delta", "KL", "greedy"):
         table.add_column(column)
     delta = result.delta_logprob()
     for i, name in enumerate(result.conditions):
         table.add_row(
-            name,
+            escape(name),
             f"{float(result.answer_logprob[i, 0, 0]):.3f}",
             f"{float(delta[i, 0]):+.3f}",
             f"{float(result.kl[i, 0]):.4f}",
-            result.greedy[i][0],
+            escape(result.greedy[i][0]),
         )
     console.print(table)
     payload = result.to_json()
@@ -609,15 +751,37 @@ def run_evaluation(
     device: str | None,
     dtype: str | None,
     device_map: str | None,
+    max_length: int | None = None,
+    force: bool = False,
     **options: Any,
 ) -> tuple[Any, Any]:
-    """Join the torchrun group (if any), read the dataset, load the model, evaluate."""
-    from analysis.evaluation import evaluate, init_distributed, rank_device
+    """Check every setting, read the dataset (every image decoded) and lock the run folder,
+    then join the torchrun group (if any), load the model and evaluate."""
+    from analysis.checks import check_known, check_settings
+    from analysis.evaluation import (
+        LOCK,
+        evaluate,
+        init_distributed,
+        parse_conditions,
+        rank_device,
+        shard_from_env,
+    )
+    from analysis.fsio import check_output_dir, exclusive_lock
 
-    shard = init_distributed()
+    check_known(options)
+    check_settings(max_length=max_length)
+    parse_conditions(
+        options["conditions"], **{k: options[k] for k in ("tau", "rho") if k in options}
+    )
+    run = check_output_dir(options["out"], "--out")
     items, source = dataset_items(model, questions, images, prompt)
-    loaded = load(model, rank_device(device, shard), dtype, device_map)
-    return shard, evaluate(loaded, items, dataset=source, **options)
+    # Rank 0 locks before loading, so a second run on the folder is refused at once;
+    # evaluate() finds the lock its own and keeps it.
+    locked = exclusive_lock(run / LOCK, force=force) if shard_from_env().is_main else None
+    with locked or contextlib.nullcontext():
+        shard = init_distributed()
+        loaded = load(model, rank_device(device, shard), dtype, device_map, max_length)
+        return shard, evaluate(loaded, items, dataset=source, force=force, **options)
 
 
 def _ci(entry: dict[str, float] | None, spec: str = ".3f") -> str:
@@ -660,7 +824,7 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
             table.add_column(column)
         for row in rows:
             table.add_row(
-                row["condition"],
+                escape(row["condition"]),
                 str(row["n"]),
                 _ci(row["accuracy"]),
                 f"{row['precision']['value']:.3f}",
@@ -681,18 +845,22 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
             f"images): {means}"
         )
     if "heads" in summary:
-        console.print(f"image-centric heads (layer, head): {summary['heads']['image_centric']}")
+        console.print(
+            escape(f"image-centric heads (layer, head): {summary['heads']['image_centric']}")
+        )
     for name, entry in summary["conditions"].items():
         if "var" in entry:
             var = entry["var"]
             console.print(
-                f"{name}: {var['rows_changed_mean']:.1f} rows changed and "
+                f"{escape(name)}: {var['rows_changed_mean']:.1f} rows changed and "
                 f"{var['mass_moved_mean']:.3f} attention mass moved per item; "
                 f"no-op on {var['noop_items']} items"
             )
     if not summary["complete"]:
+        expected = summary.get("n_items_expected", summary["n_items"])
         console.print(
-            "[yellow]incomplete: some conditions lack some items (run again to resume)[/]"
+            f"[yellow]partial: {summary['n_items']} of {expected} items present, some "
+            "conditions lack some items (rerun the same command to resume)[/]"
         )
 
 
@@ -735,12 +903,15 @@ def eval_(
     seed: Annotated[int, typer.Option(help="Seed of random knock-outs and the bootstrap.")] = 0,
     n_boot: BootOpt = 1000,
     device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    force: ForceOpt = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Evaluate conditions over a dataset: resumable, shardable with torchrun, with CIs."""
+    check_outputs(json_out=json_out)
     shard, result = run_evaluation(
         model,
         questions,
@@ -749,6 +920,8 @@ def eval_(
         device=device,
         dtype=dtype,
         device_map=device_map,
+        max_length=max_length,
+        force=force,
         out=out,
         conditions=conditions,
         answers=split_answers(answers),
@@ -765,8 +938,10 @@ def eval_(
         show_progress=progress_bar,
     )
     if shard.is_main:
-        print_summary(result.summary(), f"vsink eval ({describe_run(result)})")
-        console.print(f"run folder: {out} (records.jsonl, summary.json, manifest.json)")
+        print_summary(result.summary(), escape(f"vsink eval ({describe_run(result)})"))
+        console.print(
+            f"run folder: {escape(str(out))} (records.jsonl, summary.json, manifest.json)"
+        )
         write_json(json_out, result.summary())
 
 
@@ -791,6 +966,8 @@ def _ablate_dataset(
     device: str | None,
     dtype: str | None,
     device_map: str | None,
+    max_length: int | None,
+    force: bool,
     json_out: Path | None,
 ) -> None:
     """``vsink ablate --questions``: baseline + knock-outs on the evaluation runner."""
@@ -813,6 +990,8 @@ def _ablate_dataset(
         device=device,
         dtype=dtype,
         device_map=device_map,
+        max_length=max_length,
+        force=force,
         out=run,
         conditions=specs,
         answers=split_answers(answers),
@@ -846,7 +1025,7 @@ def _ablate_dataset(
             continue
         versus = scored.get("vs_baseline")
         table.add_row(
-            name,
+            escape(name),
             str(scored["n"]),
             _ci(scored["accuracy"]),
             _ci(versus["delta_accuracy"], "+.3f") if versus else "-",
@@ -855,7 +1034,7 @@ def _ablate_dataset(
             _ci(entry.get("delta_margin_label"), "+.3f"),
         )
     print_wide(table)
-    console.print(f"run folder: {run} (per-item records.jsonl, summary.json)")
+    console.print(f"run folder: {escape(str(run))} (per-item records.jsonl, summary.json)")
     write_json(json_out, summary)
 
 
@@ -871,11 +1050,22 @@ def summary(
     ] = None,
 ) -> None:
     """Table + JSON of a run, recomputed from its per-item records (also of a partial run)."""
-    from analysis.evaluation import SUMMARY, merge_run
+    from analysis.checks import check_settings
+    from analysis.evaluation import LOCK, SUMMARY, merge_run
+    from analysis.fsio import read_lock
 
+    if n_boot is not None:
+        check_settings(n_boot=n_boot)
+    check_outputs(json_out=json_out)
     result = merge_run(run_dir, n_boot=n_boot)
-    print_summary(result.summary(), f"{run_dir} ({describe_run(result)})")
-    console.print(f"wrote {run_dir / SUMMARY}")
+    print_summary(result.summary(), escape(f"{run_dir} ({describe_run(result)})"))
+    writer = read_lock(run_dir / LOCK)
+    if writer is not None and writer.running() is not False:
+        console.print(
+            f"[yellow]a run is still writing to this folder ({escape(writer.describe())}): "
+            "these numbers are a snapshot[/]"
+        )
+    console.print(f"wrote {escape(str(run_dir / SUMMARY))}")
     write_json(json_out, result.summary())
 
 
@@ -890,8 +1080,10 @@ def merge(
     result = merge_run(run_dir)
     parts = sorted(p.name for p in run_dir.glob("part-*.jsonl"))
     console.print(
-        f"merged {len(result.records)} records from {len(parts)} part(s) ({', '.join(parts)}) "
-        f"into {run_dir / RECORDS} and {run_dir / SUMMARY}"
+        escape(
+            f"merged {len(result.records)} records from {len(parts)} part(s) "
+            f"({', '.join(parts)}) into {run_dir / RECORDS} and {run_dir / SUMMARY}"
+        )
     )
 
 
@@ -904,14 +1096,19 @@ def contribution(
     tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
     dims: DimsOpt = None,
     device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
     """Residual contribution ||alpha_ij x_j W_OV|| of visual sinks vs other tokens (fig. 3c)."""
+    from analysis.checks import check_settings
     from analysis.contribution import residual_contribution
 
-    loaded = load(model, device, dtype)
+    check_settings(tau=tau, max_length=max_length)
+    parse_dims(dims)
+    check_outputs(json_out=json_out)
     paths = image_paths(images, model)
+    loaded = load(model, device, dtype, max_length=max_length)
     batches = calibration(loaded, paths, prompt)
     chosen = resolve_dims(loaded, dims, batches)
     results = [residual_contribution(loaded, b, dims=chosen, tau=tau) for b in batches]
@@ -926,7 +1123,7 @@ def contribution(
     }
     for group in results[0].groups:
         table.add_row(
-            group,
+            escape(group),
             f"{means['contribution'][group]:.3g}",
             f"{means['attention'][group]:.3g}",
             f"{means['value_norm'][group]:.3g}",
@@ -973,6 +1170,7 @@ def figures(
     ] = None,
     scale: Annotated[float, typer.Option(help="PNG resolution, times the figure size.")] = 2.0,
     device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
@@ -980,10 +1178,19 @@ def figures(
     import shlex
     import sys
 
+    from analysis.checks import check_settings
     from analysis.figures import make_figures
+    from analysis.fsio import check_output_dir
+    from analysis.var import VarConfig
 
-    loaded = load(model, device, dtype, device_map)
+    VarConfig(p=p, rho=rho, tau=tau)
+    check_settings(draws=draws, scale=scale, focus=focus, layer=layer, max_length=max_length)
+    parse_dims(dims)
+    check_output_dir(out, "--out")
     paths = image_paths(images, model)
+    if focus >= len(paths):
+        raise ValueError(f"--focus {focus}: there are {len(paths)} images (0..{len(paths) - 1}).")
+    loaded = load(model, device, dtype, device_map, max_length=max_length)
     # Recorded in the folder's README; run as a console script, argv is the exact command.
     called = Path(sys.argv[0]).name == "vsink"
     command = shlex.join(["vsink", *sys.argv[1:]]) if called else f"vsink figures --out {out}"
@@ -1005,8 +1212,10 @@ def figures(
         command=command,
     )
     for item in result.figures:
-        console.print(f"{item.spec.paper:>32}  {out / item.spec.name}.{{png,html,json}}")
-    console.print(f"wrote {len(result.figures)} figures to {out} (index: {out / 'index.html'})")
+        console.print(escape(f"{item.spec.paper:>32}  {out / item.spec.name}.{{png,html,json}}"))
+    console.print(
+        escape(f"wrote {len(result.figures)} figures to {out} (index: {out / 'index.html'})")
+    )
 
 
 @app.command()
@@ -1028,14 +1237,21 @@ def report(
     draws: Annotated[int, typer.Option(help="Random draws of the knock-out control.")] = 3,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per answer.")] = 16,
     device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """One self-contained HTML page (works offline): sinks, heads, ablation and VAR for IMAGE."""
+    from analysis.checks import check_settings
     from analysis.report import make_report
+    from analysis.var import VarConfig
 
-    loaded = load(model, device, dtype, device_map)
+    VarConfig(p=p, rho=rho, tau=tau)
+    check_settings(draws=draws, max_new_tokens=max_new_tokens, max_length=max_length)
+    parse_dims(dims)
+    check_outputs(out=out)
     path = single_image(image, model)
+    loaded = load(model, device, dtype, device_map, max_length=max_length)
     written = make_report(
         loaded,
         path,
@@ -1049,7 +1265,8 @@ def report(
         draws=draws,
         max_new_tokens=max_new_tokens,
     )
-    console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB, self-contained)")
+    size = written.stat().st_size / 1e6
+    console.print(f"wrote {escape(str(written))} ({size:.1f} MB, self-contained)")
 
 
 @app.command()
@@ -1057,14 +1274,18 @@ def report(
 def demo(
     tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
     device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
     """The main job on the bundled SYNTHETIC demo model: dims found vs planted, sinks, F1."""
     import torch
 
+    from analysis.checks import check_settings
     from analysis.dims import discover_dims
     from analysis.sinks import find_sinks, validate_sinks
 
+    check_settings(tau=tau)
+    check_outputs(json_out=json_out)
     truth = json.loads((demo_dir() / "ground_truth.json").read_text())
     loaded = load(None, device, None)
     paths = image_paths(None, None)
@@ -1107,7 +1328,7 @@ def demo(
         bos = bool(result.text_sinks()[0, 2:, batch.layouts[0].bos_position].all())
         found_n = int(result.consensus()[0][geometry.positions].sum())
         table.add_row(
-            path.name,
+            escape(path.name),
             str(geometry.n_visual),
             str(found_n),
             str(len(planted_cells)),

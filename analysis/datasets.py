@@ -12,14 +12,15 @@ Three ways in, all returning a list of :class:`Item`:
 Image paths resolve inside the given image root only: a path that escapes it
 (``../``, an absolute path elsewhere, a symlink pointing out) is refused with
 :class:`DatasetError`, so a question file cannot make a run read arbitrary
-files. Every image is checked to exist before a run starts, not halfway
-through it.
+files. Every image is checked to exist and to decode before a run starts, not
+halfway through it; a NaN/inf or boolean id is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.tokens import IMAGE_SUFFIXES
+from analysis.tokens import IMAGE_SUFFIXES, ImageError, load_image
 
 # Accepted spellings of each field, in order of preference (LLaVA/POPE first).
 ID_KEYS = ("question_id", "id")
@@ -107,6 +108,7 @@ def items_from_records(
         raise DatasetError(f"limit must be >= 1, got {limit}.")
     items: list[Item] = []
     seen: set[str] = set()
+    decoded: set[Path] = set()
     for number, row in enumerate(records, start=1):
         where = f"{source} row {number}"
         if not isinstance(row, Mapping):
@@ -115,14 +117,23 @@ def items_from_records(
         for value, keys in ((raw_id, ID_KEYS), (image, IMAGE_KEYS), (text, TEXT_KEYS)):
             if value is None or (isinstance(value, str) and not value.strip()):
                 raise DatasetError(f"{where}: missing {' or '.join(repr(k) for k in keys)}.")
+        if isinstance(raw_id, bool) or (isinstance(raw_id, float) and not math.isfinite(raw_id)):
+            raise DatasetError(f"{where}: id {raw_id!r} is not usable; use a string or an integer.")
         item_id = str(raw_id)
         if item_id in seen:
             raise DatasetError(f"{where}: duplicate id {item_id!r}; ids must be unique.")
         seen.add(item_id)
+        path = resolve_image(image_root, str(image))
+        if path not in decoded:  # decoded once per image, before any model is loaded
+            try:
+                load_image(path)
+            except ImageError as err:
+                raise DatasetError(f"{where}: {err}") from None
+            decoded.add(path)
         items.append(
             Item(
                 id=item_id,
-                image=resolve_image(image_root, str(image)),
+                image=path,
                 image_name=Path(str(image)).as_posix(),
                 text=str(text),
                 label=_normalise_label(_pick(row, LABEL_KEYS)),
@@ -150,8 +161,15 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not file.is_file():
         raise DatasetError(f"Question file not found: {file}")
     rows = []
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with file.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DatasetError(
+                    f"{file}:{number}: not UTF-8 text (byte {err.start}: "
+                    f"{raw[err.start : err.start + 1]!r}); save the file as UTF-8."
+                ) from None
             if not line.strip():
                 continue
             try:

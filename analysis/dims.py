@@ -27,6 +27,7 @@ from jaxtyping import Bool, Float
 
 from analysis import hooks
 from analysis.capture import bind, forward, progress
+from analysis.checks import FRACTION, check_layers, check_settings
 from analysis.results import ResultMixin, provenance
 
 if TYPE_CHECKING:
@@ -88,6 +89,12 @@ class DimThresholds:
     max_token_fraction: float = 0.25
     min_layer_fraction: float = 0.5
     first_layer: int = 1
+
+    def __post_init__(self) -> None:
+        check_settings(min_ratio=self.min_ratio, min_abs=self.min_abs)
+        for name in ("max_token_fraction", "min_layer_fraction"):
+            FRACTION.check(name, getattr(self, name))
+        check_layers("first_layer", [self.first_layer])
 
 
 def layer_dim_stats(

@@ -36,6 +36,7 @@ the other answers (the log-odds for yes/no, which does not saturate).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -51,7 +52,9 @@ from jaxtyping import Bool, Float, Int
 
 from analysis.ablation import TARGETS, KnockOut, Mode
 from analysis.capture import HookFn, batched, progress
+from analysis.checks import check_settings
 from analysis.datasets import DatasetError, Item, fingerprint
+from analysis.fsio import check_output_dir, exclusive_lock, write_atomic
 from analysis.generation import answer_logprobs, answer_token_ids, generate, next_token_logprobs
 from analysis.heads import HeadStatsHooks
 from analysis.results import ResultMixin, provenance, to_jsonable
@@ -66,11 +69,20 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 RECORDS = "records.jsonl"
 SUMMARY = "summary.json"
+LOCK = "vsink.lock"
 FORMAT_VERSION = 1
 
 
 class EvalError(ValueError):
     """A run folder or its configuration is unusable; the message says why and what to do."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT/SIGTERM; what it wrote is kept and the same call resumes."""
+
+    def __init__(self, run: Path, written: int, present: int) -> None:
+        super().__init__(f"{run}: interrupted after {written} records")
+        self.run, self.written, self.present = run, written, present
 
 
 # =============================================================================== conditions
@@ -582,12 +594,6 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _config_diff(old: Any, new: Any, path: str = "") -> list[str]:
     """The leaves that differ, e.g. ``conditions[1].var.p: 0.6 -> 0.3``."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -664,6 +670,7 @@ def evaluate(
     level: float = 0.95,
     dataset: dict[str, Any] | None = None,
     show_progress: bool = True,
+    force: bool = False,
 ) -> EvalResult:
     """Evaluate every condition on ``items`` (the first ``limit``), resumably, into ``out``.
 
@@ -684,11 +691,21 @@ def evaluate(
         collect_stats: per-item sink counts and head scores in the baseline pass.
         n_boot, level: bootstrap resamples and CI level of the summary.
         dataset: description of the source (paths) stored in the manifest.
+        force: take over the run folder's lock even when its owner seems alive
+            (a stale lock, whose process is gone, is taken over anyway).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
+    check_settings(
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        tau=tau,
+        rho=rho,
+        min_image_attention=min_image_attention,
+        seed=seed,
+        n_calibration=n_calibration,
+        n_boot=n_boot,
+        level=level,
+    )
     if not items:
         raise DatasetError("No items to evaluate.")
     answers = [str(a).strip() for a in answers]
@@ -721,7 +738,60 @@ def evaluate(
     }
     identity = json.loads(json.dumps(identity))  # compare as it reads back from the manifest
     shard = init_distributed()
-    run = Path(out).expanduser()
+    run = check_output_dir(out, "run folder")
+    # One writer per run folder: rank 0 holds the lock for the whole job (the other
+    # ranks of a torchrun job write their own parts under it).
+    with exclusive_lock(run / LOCK, force=force) if shard.is_main else contextlib.nullcontext():
+        return _evaluate_locked(
+            model,
+            items,
+            run=run,
+            shard=shard,
+            parsed=parsed,
+            identity=identity,
+            answers=answers,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            limit=limit,
+            dims=dims,
+            tau=tau,
+            rho=rho,
+            min_image_attention=min_image_attention,
+            seed=seed,
+            collect_stats=collect_stats,
+            n_calibration=n_calibration,
+            n_boot=n_boot,
+            level=level,
+            dataset=dataset,
+            show_progress=show_progress,
+        )
+
+
+def _evaluate_locked(
+    model: LoadedModel,
+    items: Sequence[Item],
+    *,
+    run: Path,
+    shard: Shard,
+    parsed: list[Condition],
+    identity: dict[str, Any],
+    answers: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    limit: int | None,
+    dims: Sequence[int] | None,
+    tau: float,
+    rho: float,
+    min_image_attention: float,
+    seed: int,
+    collect_stats: bool,
+    n_calibration: int,
+    n_boot: int,
+    level: float,
+    dataset: dict[str, Any] | None,
+    show_progress: bool,
+) -> EvalResult:
+    """The body of :func:`evaluate`, run while rank 0 holds the run folder's lock."""
     if shard.is_main:
 
         def find_dims() -> dict[str, Any] | None:
@@ -756,15 +826,21 @@ def evaluate(
     desc = "eval" if shard.world_size == 1 else f"eval rank {shard.rank}"
     total = sum(len(b) for b in batches)
     bar = progress(None, total=total, desc=desc, enabled=show_progress)  # type: ignore[arg-type]
-    with part_path(run, shard.rank).open("a", encoding="utf-8") as handle:
-        for batch in batches:
-            for records in _run_batch(model, batch, parsed, settings):
-                # One write per condition and batch, flushed to disk: a kill loses at
-                # most the records being written, and cuts at most one line short.
-                handle.write("".join(json.dumps(r) + "\n" for r in records))
-                handle.flush()
-                os.fsync(handle.fileno())
-            bar.update(len(batch))
+    written = 0
+    try:
+        with part_path(run, shard.rank).open("a", encoding="utf-8") as handle:
+            for batch in batches:
+                for records in _run_batch(model, batch, parsed, settings):
+                    # One write per condition and batch, flushed to disk: a kill loses at
+                    # most the records being written, and cuts at most one line short.
+                    handle.write("".join(json.dumps(r) + "\n" for r in records))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    written += len(records)
+                bar.update(len(batch))
+    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM turned into one by the CLI
+        bar.close()
+        raise RunInterrupted(run, written, _count_records(run, written)) from err
     bar.close()
     _barrier(shard)
     if shard.is_main:
@@ -776,6 +852,14 @@ def evaluate(
         summary_data=json.loads((run / SUMMARY).read_text()),
         config=read_manifest(run),
     )
+
+
+def _count_records(run: Path, fallback: int) -> int:
+    """Records present in a run folder (``fallback`` when the parts cannot be read)."""
+    try:
+        return len(load_records(run))
+    except (OSError, ValueError):
+        return fallback
 
 
 Pending = tuple[int, Item, list[Condition]]  # (dataset index, item, conditions not yet done)
@@ -828,7 +912,8 @@ def _start_session(
             **session,
         }
     )
-    _write_atomic(run / MANIFEST, json.dumps(manifest, indent=2))
+    # allow_nan=False: NaN is not JSON; validation keeps it out, this keeps it out for sure.
+    write_atomic(run / MANIFEST, json.dumps(manifest, indent=2, allow_nan=False))
 
 
 def _my_batches(
@@ -892,7 +977,7 @@ def _open_manifest(run: Path, identity: dict[str, Any]) -> dict[str, Any]:
                 f"Use another --out, or the original settings. Differences: {'; '.join(changes)}"
             )
         return manifest
-    if run.exists() and any(run.iterdir()):
+    if run.exists() and any(not p.name.startswith((LOCK, "." + LOCK)) for p in run.iterdir()):
         raise EvalError(f"{run} exists, is not empty and has no {MANIFEST}: choose another --out.")
     run.mkdir(parents=True, exist_ok=True)
     return {"kind": "vsink-eval", "config": identity}
@@ -1023,8 +1108,8 @@ def merge_run(
         n_boot=int(n_boot if n_boot is not None else settings.get("n_boot", 1000)),
         level=float(level if level is not None else settings.get("level", 0.95)),
     )
-    _write_atomic(run / RECORDS, "".join(json.dumps(r) + "\n" for r in records))
-    _write_atomic(run / SUMMARY, json.dumps(summary, indent=2))
+    write_atomic(run / RECORDS, "".join(json.dumps(r) + "\n" for r in records))
+    write_atomic(run / SUMMARY, json.dumps(summary, indent=2))
     return EvalResult(run_dir=run, records=records, summary_data=summary, config=manifest)
 
 
@@ -1045,10 +1130,14 @@ def summarize(
     ids = {str(r["id"]) for r in records}
     baseline = by_condition.get("baseline") or None
     boot = {"n_boot": n_boot, "seed": seed, "level": level}
+    expected = expected_items(manifest, len(ids))
     out: dict[str, Any] = {
         "n_items": len(ids),
+        "n_items_expected": expected,
         "n_records": len(records),
-        "complete": all(len(by_condition[n]) == len(ids) for n in names),
+        # Complete: every condition has every item the sessions asked for, not just
+        # the items some condition reached (a run cut after 11 of 32 is partial).
+        "complete": len(ids) >= expected and all(len(by_condition[n]) == len(ids) for n in names),
         "answers": answers,
         "bootstrap": boot,
         "dims": (manifest.get("dims") or {}).get("dims"),
@@ -1079,6 +1168,17 @@ def summarize(
     if baseline is not None:
         out.update(_prefill_summary(list(baseline.values())))
     return out
+
+
+def expected_items(manifest: dict[str, Any], present: int) -> int:
+    """How many items the run's sessions asked for: the largest ``limit`` (all items when
+    a session had none), at most the dataset's size; ``present`` for an old manifest."""
+    total = manifest.get("config", {}).get("n_dataset_items")
+    sessions = manifest.get("sessions") or []
+    if total is None or not sessions:
+        return present
+    limits = [s.get("limit") for s in sessions]
+    return int(total) if None in limits else min(int(total), max(int(x) for x in limits))
 
 
 def _var_rows(v: dict[str, Any]) -> int:

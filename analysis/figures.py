@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis import plots
+from analysis.fsio import write_atomic
 from analysis.results import provenance, to_jsonable
 
 if TYPE_CHECKING:
@@ -650,12 +651,14 @@ def write_figures(
                 "config": to_jsonable(results.config),
                 "results": figure_data(name, results),
             }
-            files["json"] = out / f"{name}.json"
-            files["json"].write_text(json.dumps(payload, separators=(",", ":")))
+            files["json"] = write_atomic(
+                out / f"{name}.json", json.dumps(payload, separators=(",", ":"))
+            )
         written.append(FigureFile(spec, files))
     figure_set = FigureSet(out, written, results, command)
-    (out / "index.html").write_text(figure_set.index_html())
-    (out / "index.json").write_text(
+    write_atomic(out / "index.html", figure_set.index_html())
+    write_atomic(
+        out / "index.json",
         json.dumps(
             {
                 "command": command,
@@ -669,7 +672,7 @@ def write_figures(
                 "config": to_jsonable(results.config),
             },
             indent=2,
-        )
+        ),
     )
-    (out / "README.md").write_text(figure_set.markdown())
+    write_atomic(out / "README.md", figure_set.markdown())
     return figure_set

@@ -25,6 +25,7 @@ from jaxtyping import Bool, Float
 
 from analysis import hooks
 from analysis.capture import HookFn, bind, forward, progress
+from analysis.checks import check_settings
 from analysis.results import ResultMixin, provenance
 from analysis.sinks import DEFAULT_TAU, phi
 from analysis.var_math import image_attention_stats
@@ -50,10 +51,7 @@ def resolve_rho(rho: float | None = None, preset: str | None = None) -> float:
                 f"Pass either rho or preset, not both (preset {preset} means {RHO_PRESETS[preset]})."
             )
         return RHO_PRESETS[preset]
-    value = 0.5 if rho is None else float(rho)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"rho must be in [0, 1], got {value}.")
-    return value
+    return check_settings(rho=0.5 if rho is None else rho)["rho"]
 
 
 @dataclass
@@ -152,12 +150,16 @@ class HeadScores(ResultMixin):
 
     def to_csv(self, path: str) -> None:
         import csv
+        import io
+
+        from analysis.fsio import write_atomic
 
         rows = self.ranked(top=10**9)
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(path, buffer.getvalue())
 
 
 def score_heads(
@@ -173,6 +175,7 @@ def score_heads(
 ) -> HeadScores:
     """s and r for every layer, head and text query, over one or several batches."""
     rho_value = resolve_rho(rho, preset)
+    check_settings(tau=tau, min_image_attention=min_image_attention)
     batches = [inputs] if not isinstance(inputs, Sequence) else list(inputs)
     n_pos = max(b.input_ids.shape[1] for b in batches)
     s_all, r_all, q_all, sink_all = [], [], [], []

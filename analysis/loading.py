@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 
 from analysis.compat import install_cache_compat
 
@@ -195,9 +196,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``cuda`` when available unless told otherwise; a missing CUDA is a clear error."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps (as torch names them)."
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} requested but CUDA is not available on this machine.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)."
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} requested but MPS is not available on this machine.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r} is not supported here; use cpu, cuda, cuda:N or mps.")
     return dev
 
 
@@ -225,6 +239,49 @@ def _quiet() -> Any:
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _processor_handed_over(processor: Any) -> Any:
+    """Boot the bridge with the processor already loaded here.
+
+    TransformerLens' ``boot_transformers`` loads the modality processor again
+    itself, and when that fails it runs ``pip install torchvision`` (which can
+    replace the installed torch with a CUDA build). This hands it our processor
+    instead, so the bridge loads nothing and installs nothing; a processor that
+    cannot load has already failed above with a clear :class:`ModelLoadError`.
+    """
+    try:
+        from transformer_lens.model_bridge.sources.transformers import helpers, source
+    except ImportError:  # another TransformerLens layout: nothing of this kind to neutralise
+        yield
+        return
+
+    def attach(bridge: Any, *args: Any, **kwargs: Any) -> None:
+        bridge.processor = processor
+
+    def refuse_install() -> bool:
+        return False
+
+    with contextlib.ExitStack() as stack:
+        for module, attr, replacement in (
+            (source, "load_modality_processor", attach),
+            (helpers, "load_modality_processor", attach),
+            (helpers, "_ensure_torchvision", refuse_install),
+        ):
+            if hasattr(module, attr):
+                stack.enter_context(_patched(module, attr, replacement))
+        yield
+
+
+@contextlib.contextmanager
+def _patched(module: Any, attr: str, value: Any) -> Any:
+    previous = getattr(module, attr)
+    setattr(module, attr, value)
+    try:
+        yield
+    finally:
+        setattr(module, attr, previous)
+
+
 def load_model(
     name_or_path: str | os.PathLike[str],
     *,
@@ -249,6 +306,10 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    if not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path).strip():
+        raise ModelLoadError(
+            f"load_model needs an HF hub id or a local model folder, got {name_or_path!r}."
+        )
     name = str(name_or_path)
     is_local = _is_local(name)
     if is_local:
@@ -287,27 +348,37 @@ def load_model(
         try:
             processor = AutoProcessor.from_pretrained(name, **hub_kwargs)
         except (OSError, ValueError, ImportError) as err:
+            missing = (
+                " It needs torchvision, which is not installed; vsink never installs "
+                "packages: install a torchvision build that matches your torch yourself."
+                if "torchvision" in str(err).lower()
+                else ""
+            )
             raise ModelLoadError(
                 f"Cannot load the processor of {name!r} (image processor + tokenizer "
-                f"+ chat template are all needed). Cause: {err}"
+                f"+ chat template are all needed).{missing} Cause: {err}"
             ) from err
         model_kwargs = dict(hub_kwargs, dtype=torch_dtype, attn_implementation="eager")
         if device_map is not None:
             model_kwargs["device_map"] = device_map
         try:
             hf_model = AutoModelForImageTextToText.from_pretrained(name, **model_kwargs)
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(f"Cannot load the weights of {name!r}. Cause: {err}") from err
+        except (OSError, ValueError, SafetensorError) as err:
+            raise ModelLoadError(
+                f"Cannot load the weights of {name!r} (a truncated or corrupt weight file?). "
+                f"Cause: {err}"
+            ) from err
         hf_model.eval()
         if device_map is None:
             hf_model.to(torch_device)
-        bridge = TransformerBridge.boot_transformers(
-            name,
-            hf_model=hf_model,
-            tokenizer=processor.tokenizer,
-            dtype=torch_dtype,
-            trust_remote_code=trust_remote_code,
-        )
+        with _processor_handed_over(processor):
+            bridge = TransformerBridge.boot_transformers(
+                name,
+                hf_model=hf_model,
+                tokenizer=processor.tokenizer,
+                dtype=torch_dtype,
+                trust_remote_code=trust_remote_code,
+            )
     bridge.eval()
     bridge.processor = processor
     install_cache_compat(bridge)

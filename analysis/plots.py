@@ -43,6 +43,8 @@ import torch
 from jaxtyping import Bool, Float
 from plotly.subplots import make_subplots
 
+from analysis.fsio import write_atomic
+
 if TYPE_CHECKING:
     from analysis.ablation import AblationResult
     from analysis.capture import AttentionMaps, ReceivedAttention, TokenStates
@@ -1226,11 +1228,15 @@ def write_html(fig: go.Figure, path: str | Path, *, include_plotlyjs: bool | str
     which is what a folder of figures should use.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(
-        path, include_plotlyjs=include_plotlyjs, full_html=True, config={"responsive": True}
-    )
-    return path
+    if include_plotlyjs == "directory":  # plotly also writes plotly.min.js next to it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.write_html(path, include_plotlyjs="directory", full_html=True, config=_HTML_CONFIG)
+        return path
+    page = fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True, config=_HTML_CONFIG)
+    return write_atomic(path, page)
+
+
+_HTML_CONFIG = {"responsive": True}
 
 
 def figure_div(fig: go.Figure) -> str:

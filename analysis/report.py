@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from analysis import plots
 from analysis.figures import DEFAULT_PROMPT, FIGURES, FigureResults, compute_results, draw_figures
+from analysis.fsio import write_atomic
 from analysis.results import to_jsonable
 
 if TYPE_CHECKING:
@@ -238,7 +239,4 @@ def make_report(
         + html.escape(json.dumps(to_jsonable(config), indent=2))
         + "</pre></details></body></html>"
     )
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts), encoding="utf-8")
-    return out
+    return write_atomic(out_path, "\n".join(parts))

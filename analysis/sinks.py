@@ -25,6 +25,7 @@ from jaxtyping import Bool, Float
 
 from analysis import hooks
 from analysis.capture import bind, forward
+from analysis.checks import check_settings
 from analysis.results import ResultMixin, provenance
 
 if TYPE_CHECKING:
@@ -180,8 +181,7 @@ def find_sinks(
 
     ``dims`` come from :func:`analysis.dims.sink_dims` (registry, discovery or explicit).
     """
-    if tau <= 0:
-        raise ValueError(f"tau must be positive, got {tau}.")
+    check_settings(tau=tau)
     bad = [d for d in dims if not 0 <= int(d) < model.d_model]
     if not dims or bad:
         raise ValueError(

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
 
+# ``LoadedModel.extra[MAX_LENGTH_KEY]``: the longest prompt build_batch accepts, set by
+# the caller (``vsink --max-length``); by default the model's max_position_embeddings.
+MAX_LENGTH_KEY = "max_length"
+
 
 class ImageError(ValueError):
     """An image could not be read or is unusable; the message says which and why."""
@@ -44,19 +48,31 @@ def load_image(image: ImageLike) -> Image.Image:
     """Read an image from a path, PIL image or array and return it as RGB.
 
     Grayscale, palette, 16-bit and RGBA images are converted (alpha is
-    composited on white, as a viewer would show it). Missing, corrupt or
-    zero-size images raise :class:`ImageError`.
+    composited on white, as a viewer would show it). Missing, corrupt,
+    zero-size, animated and oversized (decompression-bomb) images, and folders,
+    raise :class:`ImageError`.
     """
     if isinstance(image, str | os.PathLike):
         path = Path(image).expanduser()
+        if path.is_dir():
+            raise ImageError(f"{path} is a folder, not an image file.")
         if not path.is_file():
             raise ImageError(f"Image file not found: {path}")
         try:
             with Image.open(path) as opened:
+                frames = getattr(opened, "n_frames", 1)
+                if frames > 1:
+                    raise ImageError(
+                        f"{path} is animated ({frames} frames); pass a single still image."
+                    )
                 opened.load()
                 pil = opened.copy()
+        except Image.DecompressionBombError as err:
+            raise ImageError(
+                f"{path} is too large to decode safely ({err}); downscale it first."
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise ImageError(f"Cannot decode image {path}: {err}") from err
+            raise ImageError(f"Cannot decode image {path}: {err}") from None
         return _to_rgb(pil, str(path))
     if isinstance(image, Image.Image):
         return _to_rgb(image, "PIL image")
@@ -508,6 +524,7 @@ def build_batch(
     finally:
         tokenizer.padding_side = previous_side
     tensors = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
+    check_length(model, int(tensors["input_ids"].shape[1]))
     sizes = [[(img.height, img.width) for img in images] for images in pil_lists]
     layouts = [
         _layout(model, tensors["input_ids"][i], tensors["attention_mask"][i], sizes[i])
@@ -518,6 +535,28 @@ def build_batch(
     if model.dtype != torch.float32 and "pixel_values" in tensors:
         tensors["pixel_values"] = tensors["pixel_values"].to(model.dtype)
     return ModelInputs(tensors, layouts, prompts, sizes)
+
+
+def context_length(model: LoadedModel) -> int | None:
+    """Positions the language model was built for (``max_position_embeddings``), if known."""
+    value = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def check_length(model: LoadedModel, n_tokens: int) -> None:
+    """Refuse a prompt longer than the model's context (or the caller's ``max_length``)."""
+    override = model.extra.get(MAX_LENGTH_KEY)
+    limit = override if override is not None else context_length(model)
+    if limit is not None and n_tokens > limit:
+        source = (
+            "the --max-length given"
+            if override is not None
+            else "the model's context (max_position_embeddings)"
+        )
+        raise ValueError(
+            f"The prompt is {n_tokens} tokens, longer than {limit}, {source}; shorten it, "
+            "or pass --max-length N (extra['max_length'] in Python) to run it anyway."
+        )
 
 
 def _flatten(nested: list[list[Image.Image]]) -> list[Image.Image]:
@@ -581,6 +620,12 @@ def describe_layout(layout: TokenLayout) -> dict[str, Any]:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def check_images(paths: list[Path]) -> None:
+    """Decode every image once (before a model is loaded): a bad one is found now."""
+    for path in dict.fromkeys(paths):
+        load_image(path)
 
 
 def collect_images(paths: list[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, get_args
 
 import torch
 from jaxtyping import Bool
 
 from analysis import hooks
 from analysis.capture import AttentionMaps, HookFn, attention_maps, forward
+from analysis.checks import check_choice, check_layers, check_settings
 from analysis.results import ResultMixin
 from analysis.sinks import DEFAULT_TAU, phi
 from analysis.var_math import (
+    Convention,
     image_attention_stats,
     key_category,
     key_masks,
@@ -56,6 +58,9 @@ __all__ = [
 ]
 
 
+CONVENTIONS: tuple[str, ...] = get_args(Convention)
+
+
 @dataclass(frozen=True)
 class VarConfig:
     """Settings of VAR (paper notation: ``p`` is the fraction of sink attention moved).
@@ -70,15 +75,13 @@ class VarConfig:
     min_image_attention: float = 0.2
     tau: float = DEFAULT_TAU
     layers: tuple[int, ...] | None = None
-    convention: Literal["paper", "official"] = "paper"
+    convention: Convention = "paper"
 
     def __post_init__(self) -> None:
-        for name in ("p", "rho", "min_image_attention"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"VAR {name} must be in [0, 1], got {value}.")
-        if self.tau <= 0:
-            raise ValueError(f"tau must be positive, got {self.tau}.")
+        check_settings(p=self.p, rho=self.rho, min_image_attention=self.min_image_attention)
+        check_settings(tau=self.tau)
+        check_choice("VAR convention", self.convention, CONVENTIONS)
+        check_layers("VAR layers", self.layers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
