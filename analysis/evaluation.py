@@ -51,12 +51,22 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from analysis.ablation import TARGETS, KnockOut, Mode
+from analysis.ablations import (
+    ABLATION_ALIASES,
+    DEFAULT_ROWS,
+    DEFAULT_TARGET,
+    ROW_RULES,
+    Variant,
+    describe_variant,
+    var_intervention,
+)
+from analysis.ablations import TARGETS as VAR_TARGETS
 from analysis.capture import HookFn, batched, progress
 from analysis.checks import check_settings
 from analysis.datasets import DatasetError, Item, fingerprint
 from analysis.fsio import check_output_dir, exclusive_lock, write_atomic
 from analysis.generation import answer_logprobs, answer_token_ids, generate, next_token_logprobs
-from analysis.heads import HeadStatsHooks
+from analysis.heads import RHO_PRESETS, HeadStatsHooks
 from analysis.results import ResultMixin, provenance, to_jsonable
 from analysis.sinks import DEFAULT_TAU
 from analysis.tokens import build_batch
@@ -104,6 +114,8 @@ class Condition:
     mode: Mode = "pre"
     layers: tuple[int, ...] | None = None
     draw: int = 0
+    # A VAR ablation (rows / target other than VAR's); None for VAR itself.
+    variant: Variant | None = None
 
     @property
     def needs_dims(self) -> bool:
@@ -125,6 +137,8 @@ class Condition:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
         if self.var is not None:
             out["var"] = self.var.to_dict()
+        if describe_variant(self.variant) is not None:
+            out["variant"] = describe_variant(self.variant)
         if self.kind == "ablate":
             out.update(target=self.target, mode=self.mode, layers=self.layers, draw=self.draw)
         return to_jsonable(out)
@@ -181,6 +195,13 @@ def parse_conditions(
     * ``baseline``: no intervention;
     * ``var[:p=..,rho=..,s=..,tau=..,layers=2-4,convention=official]``: VAR
       (defaults: p 0.6, the run's ``rho`` and ``tau``, layers 2 .. L-2);
+      ``rho_preset=general|hallucination|vision-centric`` sets rho to the paper's
+      value for that task family (0.8, 0.5, 0.9);
+    * the paper's ablations (:mod:`analysis.ablations`): ``var:rows=all|random``
+      (all heads; random heads, as many as VAR selects, seeded per item) and
+      ``var:to=text|visual`` (the budget to text tokens; to all visual tokens),
+      also named ``var-all-heads``, ``var-random-heads``, ``var-to-text``,
+      ``var-to-visual`` (options combine: ``var-to-text:p=0.3``);
     * ``ablate-{sinks,random,nonsink,visual}[:mode=pre|post,layers=..]``:
       attention knock-out; ``ablate-random:draws=K`` expands into K seeded
       draws named ``ablate-random[k]``.
@@ -192,7 +213,8 @@ def parse_conditions(
     for token in _split_specs(spec):
         head, _, opts = token.partition(":")
         head = head.strip().lower()
-        options: dict[str, str] = {}
+        options: dict[str, str] = dict(ABLATION_ALIASES.get(head, {}))
+        head = "var" if head in ABLATION_ALIASES else head
         for pair in filter(None, (o.strip() for o in opts.split(","))):
             key, sep, value = pair.partition("=")
             if not sep or not value.strip():
@@ -222,9 +244,25 @@ def _build_condition(
         refuse(())
         return [Condition("baseline", "baseline")]
     if head == "var":
-        refuse([*_VAR_KEYS, "layers", "convention"])
+        refuse([*_VAR_KEYS, "layers", "convention", "rows", "to", "rho_preset"])
         defaults = VarConfig(rho=rho, tau=tau)
         values: dict[str, Any] = {}
+        if "rho_preset" in options:
+            if "rho" in options:
+                raise ValueError(f"Condition {token!r}: give rho or rho_preset, not both.")
+            if options["rho_preset"] not in RHO_PRESETS:
+                raise ValueError(
+                    f"Condition {token!r}: rho_preset is one of {', '.join(RHO_PRESETS)}."
+                )
+            options["rho"] = str(RHO_PRESETS[options.pop("rho_preset")])
+        rows = options.get("rows", DEFAULT_ROWS)
+        target = options.get("to", DEFAULT_TARGET)
+        if rows not in ROW_RULES or target not in VAR_TARGETS:
+            raise ValueError(
+                f"Condition {token!r}: rows is one of {', '.join(ROW_RULES)}, "
+                f"to is one of {', '.join(VAR_TARGETS)}."
+            )
+        variant = Variant(rows=rows, to=target)
         try:
             for key, attr in _VAR_KEYS.items():
                 if key in options:
@@ -247,7 +285,10 @@ def _build_condition(
             ]
             if getattr(config, attr) != getattr(defaults, attr)
         ]
-        return [Condition("var" + (":" + ",".join(shown) if shown else ""), "var", var=config)]
+        shown += [f"rows={rows}"] if rows != DEFAULT_ROWS else []
+        shown += [f"to={target}"] if target != DEFAULT_TARGET else []
+        name = "var" + (":" + ",".join(shown) if shown else "")
+        return [Condition(name, "var", var=config, variant=None if variant.is_var else variant)]
     if head.startswith("ablate-"):
         target = head.removeprefix("ablate-")
         if target not in ABLATE_TARGETS:
@@ -281,7 +322,8 @@ def _build_condition(
             for draw in range(draws)
         ]
     raise ValueError(
-        f"Unknown condition {token!r}; use baseline, var[:p=..,rho=..], "
+        f"Unknown condition {token!r}; use baseline, var[:p=..,rho=..,rows=..,to=..], "
+        f"{', '.join(ABLATION_ALIASES)}, "
         f"ablate-{{{','.join(ABLATE_TARGETS)}}}[:mode=..,layers=..,draws=..]."
     )
 
@@ -1031,7 +1073,15 @@ def _run_condition(
         )
         fwd = stats.fwd_hooks()
     elif condition.kind == "var":
-        var = VarIntervention(model, inputs, dims=settings.dims, config=condition.var)
+        var = var_intervention(
+            model,
+            inputs,
+            dims=settings.dims,
+            config=condition.var,
+            variant=condition.variant,
+            seed=settings.seed,
+            sample_keys=[item.id for _, item in subset],
+        )
         fwd = var.fwd_hooks()
     elif condition.kind == "ablate":
         assert condition.target is not None

@@ -282,15 +282,14 @@ class VarIntervention:
                 part = pattern
                 queries = torch.ones(batch, n_query, dtype=torch.bool, device=device)
                 self._rows["decode_rows"][slot] += batch * n_query * n_heads
-            new, changed, moved = redistribute_with_tables(
+            new, changed, moved = self._redistribute(
+                layer,
                 part,
                 masks=masks,
                 category=category,
                 has_visual_sink=has_visual_sink,
                 queries=queries,
-                p=self._p,
-                rho=self._rho,
-                min_image_attention=self.config.min_image_attention,
+                window=window,
             )
             phase = "prefill" if prefill else "decode"
             self._accumulate(f"{phase}_changed", slot, changed.sum((1, 2)))
@@ -298,6 +297,32 @@ class VarIntervention:
             return pattern.index_copy(2, rows, new) if prefill else new
 
         return hook
+
+    def _redistribute(
+        self,
+        layer: int,
+        part: torch.Tensor,
+        *,
+        masks: torch.Tensor,
+        category: torch.Tensor,
+        has_visual_sink: torch.Tensor,
+        queries: torch.Tensor,
+        window: slice,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The redistribution of one call (VAR; :mod:`analysis.ablations` overrides it).
+
+        ``window`` is the keys' span in the sequence seen so far by ``layer``.
+        """
+        return redistribute_with_tables(
+            part,
+            masks=masks,
+            category=category,
+            has_visual_sink=has_visual_sink,
+            queries=queries,
+            p=self._p,
+            rho=self._rho,
+            min_image_attention=self.config.min_image_attention,
+        )
 
     # ------------------------------------------------------------------ records
 
