@@ -263,6 +263,24 @@ ImageRootOpt = Annotated[
         "--images", help="Image folder; question image paths resolve inside it (and only there)."
     ),
 ]
+BenchmarkOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Score by a benchmark's rule: mme, mmbench, mmvp, cv_bench, pope, choice "
+        "(with --tsv or --hf), vqa, gqa (with --questions + --answer-file, or --tsv)."
+    ),
+]
+TsvOpt = Annotated[
+    Path | None, typer.Option(help="A VLMEvalKit benchmark TSV (base64 images or paths).")
+]
+HfOpt = Annotated[
+    Path | None,
+    typer.Option("--hf", help="A local HF dataset / Parquet folder (lmms-eval's layout)."),
+]
+AnswerFileOpt = Annotated[
+    Path | None,
+    typer.Option(help="VQA/GQA: JSONL of question_id + answers (the human answers)."),
+]
 LimitOpt = Annotated[int | None, typer.Option(help="Evaluate only the first N items.")]
 ForceOpt = Annotated[
     bool,
@@ -703,12 +721,68 @@ def ablate(
     write_json(json_out, payload)
 
 
-def dataset_items(
-    model: str | None, questions: Path | None, images: Path | None, prompt: str | None
+def bench_items(
+    benchmark: str,
+    *,
+    questions: Path | None,
+    images: Path | None,
+    tsv: Path | None,
+    hf: Path | None,
+    answer_file: Path | None,
+    decode_dir: Path,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """Items from --questions + --images, or an image folder + --prompt; the demo set by default."""
+    """Benchmark items from one source: --tsv, --hf, or --questions (+ --answer-file)."""
+    from analysis.scoring.readers import (
+        BENCHMARKS,
+        read_hf_folder,
+        read_llava_questions,
+        read_vlmeval_tsv,
+    )
+
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"--benchmark must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}.")
+    given = [name for name, v in (("--tsv", tsv), ("--hf", hf), ("--questions", questions)) if v]
+    if len(given) != 1:
+        raise ValueError("--benchmark needs exactly one of --tsv, --hf or --questions.")
+    source: dict[str, Any] = {"format": given[0].removeprefix("--"), "benchmark": benchmark}
+    if tsv is not None:
+        items = read_vlmeval_tsv(tsv, benchmark=benchmark, decode_dir=decode_dir, image_root=images)
+        return items, source | {"tsv": str(tsv), "images": None if images is None else str(images)}
+    if hf is not None:
+        return read_hf_folder(hf, benchmark=benchmark, decode_dir=decode_dir), source | {
+            "hf": str(hf)
+        }
+    if images is None:
+        raise ValueError("--images (the image folder) is required with --questions.")
+    assert questions is not None
+    items = read_llava_questions(questions, images, benchmark=benchmark, answers=answer_file)
+    return items, source | {
+        "questions": str(questions),
+        "images": str(images),
+        "answer_file": None if answer_file is None else str(answer_file),
+    }
+
+
+def dataset_items(
+    model: str | None,
+    questions: Path | None,
+    images: Path | None,
+    prompt: str | None,
+    bench: dict[str, Any] | None = None,
+) -> tuple[list[Any], dict[str, Any]]:
+    """Items from --questions + --images, or an image folder + --prompt; the demo set by default.
+
+    With ``bench`` (``benchmark``, ``tsv``, ``hf``, ``answer_file``, ``decode_dir``) the
+    benchmark's reader is used instead.
+    """
     from analysis.datasets import image_folder, read_pope
 
+    if bench is not None and bench.get("benchmark") is not None:
+        if prompt is not None:
+            raise ValueError("--prompt is for image folders; benchmark files carry their text.")
+        return bench_items(questions=questions, images=images, **bench)
+    if bench is not None and any(bench.get(k) for k in ("tsv", "hf", "answer_file")):
+        raise ValueError("--tsv, --hf and --answer-file need --benchmark.")
     if questions is None and images is None:
         if model is not None:
             raise ValueError("--questions and --images are required with a MODEL.")
@@ -753,6 +827,7 @@ def run_evaluation(
     device_map: str | None,
     max_length: int | None = None,
     force: bool = False,
+    bench: dict[str, Any] | None = None,
     **options: Any,
 ) -> tuple[Any, Any]:
     """Check every setting, read the dataset (every image decoded) and lock the run folder,
@@ -774,7 +849,11 @@ def run_evaluation(
         options["conditions"], **{k: options[k] for k in ("tau", "rho") if k in options}
     )
     run = check_output_dir(options["out"], "--out")
-    items, source = dataset_items(model, questions, images, prompt)
+    if bench is not None:
+        from analysis.evaluation import DECODED
+
+        bench = dict(bench, decode_dir=run / DECODED)
+    items, source = dataset_items(model, questions, images, prompt, bench)
     # Rank 0 locks before loading, so a second run on the folder is refused at once;
     # evaluate() finds the lock its own and keeps it.
     locked = exclusive_lock(run / LOCK, force=force) if shard_from_env().is_main else None
@@ -799,11 +878,44 @@ def print_wide(table: Table) -> None:
         Console(width=max(console.width, 160)).print(table)
 
 
+def print_benchmark(bench: dict[str, Any], title: str, level: int) -> None:
+    """One table per scoring: each headline metric with its CI, the paired difference against
+    the reference condition (the baseline) with its CI, and McNemar's p."""
+    from analysis.scoring.runs import headline
+
+    for scoring, label in (("logprob", "option log-prob"), ("generate", "generation")):
+        entry = bench.get(scoring)
+        if not entry:
+            continue
+        reference = bench["reference"]
+        first = next(iter(entry["conditions"].values()))["metrics"]
+        keys = headline(first)
+        table = Table(
+            title=f"{title}: {bench['name']} scored by {label}, {entry['n_items']} questions in "
+            f"{entry['n_units']} units ({level}% bootstrap CIs)"
+        )
+        table.add_column("condition")
+        for key in keys:
+            table.add_column(escape(key))
+            table.add_column(escape(f"Δ {key} vs {reference}"))
+        table.add_column("McNemar p")
+        for name, item in entry["conditions"].items():
+            cells = [escape(name)]
+            for key in keys:
+                versus = item.get("vs_reference", {}).get(key)
+                cells += [_ci(item["metrics"].get(key), ".2f"), _ci(versus, "+.2f")]
+            mcnemar = item.get("mcnemar")
+            cells.append("-" if mcnemar is None else f"{mcnemar['p']:.3g}")
+            table.add_row(*cells)
+        print_wide(table)
+
+
 def print_summary(summary: dict[str, Any], title: str) -> None:
     """One table per scoring (log-prob, generation), then sinks, heads and VAR lines."""
     from analysis.evaluation import summary_rows
 
     level = round(100 * summary["bootstrap"]["level"])
+    print_benchmark(summary.get("benchmark") or {}, title, level)
     for scoring, label in (("logprob", "answer log-prob"), ("generate", "generation")):
         rows = summary_rows(summary, scoring)
         if not rows:
@@ -836,7 +948,9 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
                 _ci(row["delta_logprob"], "+.2g"),
             )
         print_wide(table)
-    if not any(summary_rows(summary, s) for s in ("logprob", "generate")):
+    if not summary.get("benchmark") and not any(
+        summary_rows(summary, s) for s in ("logprob", "generate")
+    ):
         console.print("no labelled items: records hold the answers, no accuracy to report")
     if "sinks" in summary:
         means = ", ".join(f"{v:.1f}" for v in summary["sinks"]["per_layer_mean"])
@@ -881,6 +995,10 @@ def eval_(
         ),
     ] = "baseline,var,ablate-sinks,ablate-random",
     out: Annotated[Path, typer.Option(help="Run folder (required; resumed when it exists).")] = ...,  # type: ignore[assignment]
+    benchmark: BenchmarkOpt = None,
+    tsv: TsvOpt = None,
+    hf: HfOpt = None,
+    answer_file: AnswerFileOpt = None,
     limit: LimitOpt = None,
     batch_size: BatchOpt = 1,
     answers: Annotated[
@@ -910,7 +1028,12 @@ def eval_(
     force: ForceOpt = False,
     json_out: JsonOpt = None,
 ) -> None:
-    """Evaluate conditions over a dataset: resumable, shardable with torchrun, with CIs."""
+    """Evaluate conditions over a dataset: resumable, shardable with torchrun, with CIs.
+
+    With --benchmark the items are scored by that benchmark's rule (MME accuracy+ and
+    perception/cognition, MMBench circular, MMVP pairs, CV-Bench overall, VQA accuracy,
+    GQA exact match), with CIs and paired differences against the baseline.
+    """
     check_outputs(json_out=json_out)
     shard, result = run_evaluation(
         model,
@@ -922,6 +1045,7 @@ def eval_(
         device_map=device_map,
         max_length=max_length,
         force=force,
+        bench={"benchmark": benchmark, "tsv": tsv, "hf": hf, "answer_file": answer_file},
         out=out,
         conditions=conditions,
         answers=split_answers(answers),

@@ -74,13 +74,19 @@ from analysis.var import VarConfig, VarIntervention
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
+    from analysis.scoring.readers import BenchItem
     from analysis.tokens import ModelInputs
 
 MANIFEST = "manifest.json"
 RECORDS = "records.jsonl"
 SUMMARY = "summary.json"
 LOCK = "vsink.lock"
-FORMAT_VERSION = 1
+# Base64 images of a benchmark file are decoded into this folder of the run.
+DECODED = "images"
+# Format 2 adds the benchmark fields of records (see analysis.scoring.runs); runs
+# without a benchmark (POPE question files) write the unchanged format 1.
+FORMAT_VERSION = 2
+POPE_FORMAT_VERSION = 1
 
 
 class EvalError(ValueError):
@@ -693,7 +699,7 @@ class EvalResult(ResultMixin):
 
 def evaluate(
     model: LoadedModel,
-    items: Sequence[Item],
+    items: Sequence[Item] | Sequence[BenchItem],
     *,
     out: str | os.PathLike[str],
     conditions: str | Sequence[str | Condition] = ("baseline",),
@@ -720,6 +726,10 @@ def evaluate(
         model: the loaded model (one per process under torchrun).
         items: the whole dataset (its fingerprint guards resumes; ``limit``
             selects the first items to evaluate now, so a run can be extended).
+            :class:`BenchItem`s (one benchmark) are scored by their benchmark's
+            rule: each item's own candidates (option letters, or yes / no) by
+            log-probability, generations by the benchmark's task; ``answers``
+            is then ignored (see :mod:`analysis.scoring.runs`).
         out: the run folder (created; an existing run with the same
             configuration is resumed, a different one refused).
         conditions: specs or :class:`Condition` objects (see :func:`parse_conditions`).
@@ -750,10 +760,24 @@ def evaluate(
     )
     if not items:
         raise DatasetError("No items to evaluate.")
-    answers = [str(a).strip() for a in answers]
-    bad = sorted({i.label for i in items if i.label is not None and i.label not in answers})
-    if bad:
-        raise DatasetError(f"Labels {bad} are not among the answers {answers}.")
+    # Imported here: analysis.scoring's metrics use this module's bootstrap.
+    from analysis.scoring import runs as bench_runs
+    from analysis.scoring.readers import BenchItem
+
+    bench = [b for b in items if isinstance(b, BenchItem)]
+    if bench and len(bench) != len(items):
+        raise DatasetError("Mix of benchmark items and plain items; pass one kind.")
+    benchmark = bench_runs.check_items(bench) if bench else None
+    plain: list[Item] = [b.item for b in bench] if bench else list(items)  # type: ignore[arg-type]
+    if bench:
+        answers = bench_runs.union(bench)
+        if max_new_tokens <= 0 and not answers:
+            raise EvalError(f"{benchmark} is scored on generations: --max-new-tokens must be > 0.")
+    else:
+        answers = [str(a).strip() for a in answers]
+        bad = sorted({i.label for i in plain if i.label is not None and i.label not in answers})
+        if bad:
+            raise DatasetError(f"Labels {bad} are not among the answers {answers}.")
     answer_token_ids(model, answers)  # fails early when answers share a first token
     parsed = _conditions(conditions, tau=tau, rho=rho)
     for condition in parsed:
@@ -762,7 +786,7 @@ def evaluate(
     if bad_dims:
         raise EvalError(f"Sink dims {bad_dims} out of range for d_model {model.d_model}.")
     identity = {
-        "format": FORMAT_VERSION,
+        "format": FORMAT_VERSION if bench else POPE_FORMAT_VERSION,
         "model": _model_identity(model),
         "dtype": str(model.dtype).removeprefix("torch."),
         "conditions": [c.describe() for c in parsed],
@@ -775,9 +799,11 @@ def evaluate(
         "seed": int(seed),
         "collect_stats": bool(collect_stats),
         "n_calibration": int(n_calibration),
-        "dataset_fingerprint": fingerprint(items),
+        "dataset_fingerprint": bench_runs.bench_fingerprint(bench) if bench else fingerprint(plain),
         "n_dataset_items": len(items),
     }
+    if benchmark is not None:
+        identity["benchmark"] = benchmark
     identity = json.loads(json.dumps(identity))  # compare as it reads back from the manifest
     shard = init_distributed()
     run = check_output_dir(out, "run folder")
@@ -786,7 +812,7 @@ def evaluate(
     with exclusive_lock(run / LOCK, force=force) if shard.is_main else contextlib.nullcontext():
         return _evaluate_locked(
             model,
-            items,
+            plain,
             run=run,
             shard=shard,
             parsed=parsed,
@@ -806,6 +832,7 @@ def evaluate(
             level=level,
             dataset=dataset,
             show_progress=show_progress,
+            bench={b.item.id: b for b in bench} or None,
         )
 
 
@@ -832,6 +859,7 @@ def _evaluate_locked(
     level: float,
     dataset: dict[str, Any] | None,
     show_progress: bool,
+    bench: dict[str, BenchItem] | None = None,
 ) -> EvalResult:
     """The body of :func:`evaluate`, run while rank 0 holds the run folder's lock."""
     if shard.is_main:
@@ -864,6 +892,7 @@ def _evaluate_locked(
         min_image_attention,
         seed,
         collect_stats,
+        bench,
     )
     desc = "eval" if shard.world_size == 1 else f"eval rank {shard.rank}"
     total = sum(len(b) for b in batches)
@@ -1005,6 +1034,7 @@ class _Settings:
     min_image_attention: float
     seed: int
     collect_stats: bool
+    bench: dict[str, BenchItem] | None = None
 
 
 def _open_manifest(run: Path, identity: dict[str, Any]) -> dict[str, Any]:
@@ -1019,7 +1049,9 @@ def _open_manifest(run: Path, identity: dict[str, Any]) -> dict[str, Any]:
                 f"Use another --out, or the original settings. Differences: {'; '.join(changes)}"
             )
         return manifest
-    if run.exists() and any(not p.name.startswith((LOCK, "." + LOCK)) for p in run.iterdir()):
+    if run.exists() and any(
+        not p.name.startswith((LOCK, "." + LOCK)) and p.name != DECODED for p in run.iterdir()
+    ):
         raise EvalError(f"{run} exists, is not empty and has no {MANIFEST}: choose another --out.")
     run.mkdir(parents=True, exist_ok=True)
     return {"kind": "vsink-eval", "config": identity}
@@ -1098,8 +1130,12 @@ def _run_condition(
             sample_keys=[item.id for _, item in subset],
         )
         fwd = knock.fwd_hooks()
+    from analysis.scoring import runs as bench_runs
+
+    bench = None if settings.bench is None else [settings.bench[i.id] for _, i in subset]
+    answers = settings.answers if bench is None else bench_runs.union(bench)
     logprobs, texts = score_batch(
-        model, inputs, settings.answers, fwd_hooks=fwd, max_new_tokens=settings.max_new_tokens
+        model, inputs, answers, fwd_hooks=fwd, max_new_tokens=settings.max_new_tokens
     )
     extras: list[dict[str, Any]] = [{} for _ in subset]
     if stats is not None:
@@ -1111,10 +1147,26 @@ def _run_condition(
         extras = [
             {"blocked": [counts[layer][b] for layer in sorted(counts)]} for b in range(len(subset))
         ]
-    answers = settings.answers
     records = []
     for row, (index, item) in enumerate(subset):
         scores = logprobs[row]
+        if bench is not None:
+            record = {
+                "id": item.id,
+                "index": index,
+                "condition": condition.name,
+                "image": item.image_name,
+                "text": item.text,
+                "label": item.label,
+                **bench_runs.record_fields(
+                    bench[row],
+                    {a: float(scores[k]) for k, a in enumerate(answers)},
+                    None if texts is None else texts[row],
+                ),
+                **extras[row],
+            }
+            records.append(record)
+            continue
         pred = answers[int(scores.argmax())]
         record: dict[str, Any] = {
             "id": item.id,
@@ -1193,10 +1245,18 @@ def summarize(
         "dims": (manifest.get("dims") or {}).get("dims"),
         "conditions": {},
     }
+    benchmark = config.get("benchmark")
+    if benchmark is not None:
+        from analysis.scoring import runs as bench_runs
+
+        out["benchmark"] = bench_runs.benchmark_summary(
+            by_condition, names, n_boot=n_boot, seed=seed, level=level
+        )
     for name in names:
         rows = by_condition[name]
         entry: dict[str, Any] = {"n": len(rows)}
-        for scoring in ("logprob", "generate"):
+        # POPE's yes/no metrics (positive = the first answer) where they mean something.
+        for scoring in ("logprob", "generate") if benchmark in (None, "pope") else ():
             scored = _scoring_entry(rows, baseline, name, scoring, answers, boot)
             if scored is not None:
                 entry[scoring] = scored
@@ -1301,7 +1361,7 @@ def _label_deltas(
     pairs = [
         (r, baseline[key])
         for key, r in rows.items()
-        if key in baseline and r.get("label") in r["logprobs"]
+        if key in baseline and r.get("label") in r.get("logprobs", {})
     ]
     if not pairs:
         return {}

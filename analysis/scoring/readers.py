@@ -92,6 +92,11 @@ def _decode_image(data: str, decode_dir: Path, where: str) -> Path:
         raise DatasetError(
             f"{where}: the image cell is neither a path nor base64 ({err})."
         ) from None
+    return _store_image(raw, decode_dir, where)
+
+
+def _store_image(raw: bytes, decode_dir: Path, where: str) -> Path:
+    """Encoded image bytes written once under their content hash (checked to decode)."""
     try:
         with Image.open(io.BytesIO(raw)) as probe:
             fmt = (probe.format or "png").lower()
@@ -163,8 +168,8 @@ def read_vlmeval_tsv(
                 raise DatasetError(f"{file}: missing column(s) {sorted(missing)}.")
             for number, row in enumerate(reader, start=1):
                 where = f"{file} row {number}"
-                index, question = _cell(row, "index"), _cell(row, "question")
-                if not index or not question:
+                index = _cell(row, "index")
+                if not index or not _cell(row, "question"):
                     raise DatasetError(f"{where}: empty index or question.")
                 if index in seen:
                     raise DatasetError(f"{where}: duplicate index {index!r}.")
@@ -178,36 +183,117 @@ def read_vlmeval_tsv(
                 else:
                     image = _decode_image(_cell(row, "image"), decode, where)
                     image_name = image.name
-                options = {k: _cell(row, k) for k in OPTION_LETTERS if _cell(row, k)}
-                category = _cell(row, "category")
-                if benchmark == "cv_bench":
-                    category = _cell(row, "source") or _cell(row, "l2-category") or category
-                answer = _cell(row, "answer") or None
-                if options:
-                    text = choice_prompt(question, options, _cell(row, "hint"))
-                    label = None if answer is None else answer.strip().upper()
-                    if label is not None and label not in options:
-                        raise DatasetError(f"{where}: answer {answer!r} is not an option letter.")
-                else:
-                    text = question
-                    label = None if answer is None else answer.strip().lower()
-                out.append(
-                    BenchItem(
-                        item=Item(index, image, image_name, text, label),
-                        benchmark=benchmark,
-                        unit=_unit(benchmark, index, image_name, category, number),
-                        answer=answer,
-                        options=options,
-                        category=category,
-                        split=_cell(row, "split"),
-                    )
-                )
+                out.append(_bench_item(row, benchmark, image, image_name, number, where))
                 if limit is not None and len(out) >= limit:
                     break
     except UnicodeDecodeError as err:
         raise DatasetError(f"{file}: not UTF-8 text ({err.reason} at byte {err.start}).") from None
     if not out:
         raise DatasetError(f"{file} holds no rows.")
+    return out
+
+
+def _bench_item(
+    row: dict[str, Any], benchmark: str, image: Path, image_name: str, number: int, where: str
+) -> BenchItem:
+    """One row of VLMEvalKit's columns (see the module doc) with its image resolved."""
+    index, question = _cell(row, "index"), _cell(row, "question")
+    if not index or not question:
+        raise DatasetError(f"{where}: empty index or question.")
+    options = {k: _cell(row, k) for k in OPTION_LETTERS if _cell(row, k)}
+    category = _cell(row, "category")
+    if benchmark == "cv_bench":
+        category = _cell(row, "source") or _cell(row, "l2-category") or category
+    answer = _cell(row, "answer") or None
+    if options:
+        text = choice_prompt(question, options, _cell(row, "hint"))
+        label = None if answer is None else answer.strip().strip("()").upper()
+        if label is not None and label not in options:
+            raise DatasetError(f"{where}: answer {answer!r} is not an option letter.")
+    else:
+        text = question
+        label = None if answer is None else answer.strip().lower()
+    return BenchItem(
+        item=Item(index, image, image_name, text, label),
+        benchmark=benchmark,
+        unit=_unit(benchmark, index, image_name, category, number),
+        answer=answer,
+        options=options,
+        category=category,
+        split=_cell(row, "split"),
+    )
+
+
+# lmms-eval / HF column spellings mapped onto VLMEvalKit's.
+HF_INDEX_KEYS = ("index", "question_id", "idx", "id")
+
+
+def _hf_row(row: dict[str, Any], number: int) -> dict[str, Any]:
+    """An HF dataset row in VLMEvalKit's columns: index, options A.. from ``choices``."""
+    out = {k: v for k, v in row.items() if not isinstance(v, dict | list | bytes)}
+    index = next((row[k] for k in HF_INDEX_KEYS if row.get(k) is not None), number - 1)
+    out["index"] = str(index)
+    choices = row.get("choices") or row.get("options")
+    if isinstance(choices, list) and not any(_cell(out, k) for k in OPTION_LETTERS):
+        out.update({OPTION_LETTERS[k]: str(c) for k, c in enumerate(choices)})
+    return out
+
+
+def read_hf_folder(
+    folder: str | os.PathLike[str],
+    *,
+    benchmark: str,
+    decode_dir: str | os.PathLike[str],
+    limit: int | None = None,
+) -> list[BenchItem]:
+    """A local HF dataset (``save_to_disk`` folder) or Parquet files (lmms-eval's layout).
+
+    Columns as in VLMEvalKit (``question_id`` / ``idx`` accepted for ``index``, a
+    ``choices`` list for the options ``A``..); the ``image`` column holds the image
+    (HF ``Image`` feature or ``{"bytes": ...}``), written once by content hash
+    into ``decode_dir``. Needs the ``datasets`` package.
+    """
+    if benchmark not in BENCHMARKS:
+        raise DatasetError(f"Unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}.")
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetError("Reading HF / Parquet folders needs the datasets package.") from None
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"HF dataset folder not found: {root}")
+    files = sorted(str(p) for p in root.rglob("*.parquet"))
+    if (root / "state.json").is_file() or (root / "dataset_dict.json").is_file():
+        loaded = datasets.load_from_disk(str(root))
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = loaded[next(iter(loaded))]
+    elif files:
+        loaded = datasets.Dataset.from_parquet(files)
+    else:
+        raise DatasetError(f"{root} holds no Parquet files and no saved HF dataset.")
+    if "image" not in loaded.column_names:
+        raise DatasetError(f"{root}: no image column (columns: {loaded.column_names}).")
+    if isinstance(loaded.features["image"], datasets.Image):
+        loaded = loaded.cast_column("image", datasets.Image(decode=False))
+    decode = Path(decode_dir).expanduser()
+    out: list[BenchItem] = []
+    seen: set[str] = set()
+    for number, row in enumerate(loaded, start=1):
+        where = f"{root} row {number}"
+        cell = row["image"]
+        raw = cell.get("bytes") if isinstance(cell, dict) else cell
+        if not isinstance(raw, bytes):
+            raise DatasetError(f"{where}: the image holds no bytes.")
+        image = _store_image(raw, decode, where)
+        flat = _hf_row(row, number)
+        if flat["index"] in seen:
+            raise DatasetError(f"{where}: duplicate index {flat['index']!r}.")
+        seen.add(flat["index"])
+        out.append(_bench_item(flat, benchmark, image, image.name, number, where))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise DatasetError(f"{root} holds no rows.")
     return out
 
 
