@@ -1,0 +1,315 @@
+"""vsink eval --benchmark on the demo model: hand-made files from the demo images, scored by hand.
+
+The demo model answers "Is there a <colour> object" questions right (yes/no, by
+log-prob and by generation). It has no letter circuit: its option-letter logits
+tie (all zero), so scoring by letter log-prob picks the first letter, while its
+generation ("yes" / "no") is matched to the option text. Both are hand-computed.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from analysis import cli
+from analysis.loading import DEMO_MODEL_DIR
+from analysis.scoring.readers import read_vlmeval_tsv
+from analysis.scoring.runs import benchmark_summary, candidates
+
+IMAGES = DEMO_MODEL_DIR.parent / "images"
+CONDITIONS = "baseline,var,var:convention=official,var:rho_preset=general,var-all-heads,var-to-text"
+
+
+def b64(name: str) -> str:
+    return base64.b64encode((IMAGES / name).read_bytes()).decode()
+
+
+def write_tsv(path: Path, rows: list[dict[str, str]]) -> Path:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, delimiter="\t")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def mme_rows() -> list[dict[str, str]]:
+    """Four images, a yes and a no question each; question 5's label is deliberately wrong."""
+    spec = [
+        ("demo_00.png", "red", "green", "color"),
+        ("demo_02.png", "yellow", "red", "color"),
+        ("demo_04.png", "blue", "cyan", "existence"),
+        ("demo_06.png", "green", "magenta", "existence"),
+    ]
+    rows = []
+    for k, (image, present, absent, category) in enumerate(spec):
+        for offset, (colour, answer) in enumerate(((present, "Yes"), (absent, "No"))):
+            rows.append(
+                {
+                    "index": str(2 * k + offset),
+                    "image": b64(image),
+                    "question": f"Is there a {colour} object in the image? Please answer yes or no.",
+                    "answer": answer,
+                    "category": category,
+                }
+            )
+    rows[5]["answer"] = "Yes"  # the model says no: existence loses one question and one image
+    return rows
+
+
+def choice_rows() -> list[dict[str, str]]:
+    """MMBench-style: three questions, each with its options in two rotations."""
+    rows = []
+    for k, (image, colour, right) in enumerate(
+        [
+            ("demo_00.png", "red", "yes"),
+            ("demo_02.png", "red", "no"),
+            ("demo_04.png", "blue", "yes"),
+        ]
+    ):
+        for rotation, options in enumerate((["yes", "no"], ["no", "yes"])):
+            rows.append(
+                {
+                    "index": str(k + rotation * 1_000_000),
+                    "image": b64(image),
+                    "question": f"Is there a {colour} object in the image?",
+                    "answer": "AB"[options.index(right)],
+                    "A": options[0],
+                    "B": options[1],
+                    "category": "attribute",
+                }
+            )
+    return rows
+
+
+@pytest.fixture
+def runner(demo_model, monkeypatch):
+    monkeypatch.setattr(cli, "load", lambda *args, **kwargs: demo_model)
+    return CliRunner()
+
+
+def _eval(runner, out, *args):
+    result = runner.invoke(
+        cli.app,
+        ["eval", "--out", str(out), "--dims", "337,771", "--no-progress", "--n-boot", "200", *args],
+    )
+    assert result.exit_code == 0, result.output
+    return result.output, json.loads((out / "summary.json").read_text())
+
+
+def _value(entry, name, key, scoring="logprob"):
+    return entry[scoring]["conditions"][name]["metrics"][key]["value"]
+
+
+def test_mme_tsv_with_presets_and_ablations_in_one_run(runner, tmp_path):
+    tsv = write_tsv(tmp_path / "mme.tsv", mme_rows())
+    out = tmp_path / "mme"
+    args = ["--benchmark", "mme", "--tsv", str(tsv), "--conditions", CONDITIONS]
+    output, summary = _eval(runner, out, *args, "--max-new-tokens", "3", "--batch-size", "3")
+    bench = summary["benchmark"]
+    assert bench["name"] == "mme"
+    assert bench["reference"] == "baseline"
+    names = list(bench["logprob"]["conditions"])
+    assert names == [
+        "baseline",
+        "var",
+        "var:convention=official",
+        "var:rho=0.8",
+        "var:rows=all",
+        "var:to=text",
+    ]
+    for scoring in ("logprob", "generate"):
+        entry = bench[scoring]
+        assert entry["n_items"] == 8
+        assert entry["n_units"] == 4
+        for name in names:
+            # color: 4/4 right, both images all right -> 100 + 100; existence: 3/4 -> 75 + 50.
+            assert _value(bench, name, "color/score", scoring) == pytest.approx(200.0)
+            assert _value(bench, name, "existence/accuracy", scoring) == pytest.approx(75.0)
+            assert _value(bench, name, "existence/accuracy_plus", scoring) == pytest.approx(50.0)
+            assert _value(bench, name, "perception", scoring) == pytest.approx(325.0)
+            ci = entry["conditions"][name]["metrics"]["perception"]
+            assert ci["lo"] <= 325.0 <= ci["hi"]
+            assert ci["lo"] < ci["hi"]  # resampling images moves the total
+            if name != "baseline":
+                delta = entry["conditions"][name]["vs_reference"]["perception"]
+                assert delta == {"value": 0.0, "lo": 0.0, "hi": 0.0}
+                assert entry["conditions"][name]["mcnemar"] == {"b": 0, "c": 0, "p": 1.0}
+    # The base64 images went into the run folder, once per image.
+    assert len(list((out / "images").iterdir())) == 4
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["format"] == 2
+    assert manifest["config"]["benchmark"] == "mme"
+    assert manifest["config"]["answers"] == ["yes", "no"]
+    # VAR and the ablations moved attention (not no-ops) and differ from each other.
+    moved = {n: summary["conditions"][n]["var"]["mass_moved_mean"] for n in names[1:]}
+    assert all(v > 0 for v in moved.values())
+    assert moved["var:rows=all"] > moved["var"]
+    assert "mme scored by option log-prob" in output
+    assert "perception" in output
+    assert "Δ perception vs baseline" in output
+    # vsink summary prints the same tables from the records; a rerun resumes (nothing to do).
+    printed = runner.invoke(cli.app, ["summary", str(out)])
+    assert printed.exit_code == 0, printed.output
+    assert "325.00 [" in printed.output
+    assert "+0.00 [+0.00, +0.00]" in printed.output
+    before = (out / "records.jsonl").read_text()
+    _eval(runner, out, *args, "--max-new-tokens", "3", "--batch-size", "3")
+    assert (out / "records.jsonl").read_text() == before
+
+
+def test_multiple_choice_by_letter_and_by_generation(runner, tmp_path):
+    tsv = write_tsv(tmp_path / "mmb.tsv", choice_rows())
+    out = tmp_path / "mmb"
+    args = [
+        "--benchmark",
+        "mmbench",
+        "--tsv",
+        str(tsv),
+        "--conditions",
+        "baseline,var,var-to-visual",
+    ]
+    output, summary = _eval(runner, out, *args, "--max-new-tokens", "3", "--batch-size", "2")
+    bench = summary["benchmark"]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    for record in records:
+        assert record["candidates"] == ["A", "B"]
+        assert set(record["logprobs"]) == {"A", "B"}
+        # Tied letter logits: the first letter; the generation names the right option's text.
+        assert record["pred_logprob"] == "A"
+        assert record["generated"] in ("yes", "no")
+        assert record["pred_generate"] == record["label"]
+    for name in ("baseline", "var", "var:to=visual"):
+        # One rotation of each question has answer A: half right, no circle complete.
+        assert _value(bench, name, "accuracy") == pytest.approx(50.0)
+        assert _value(bench, name, "circular_accuracy") == pytest.approx(0.0)
+        assert _value(bench, name, "accuracy", "generate") == pytest.approx(100.0)
+        assert _value(bench, name, "circular_accuracy", "generate") == pytest.approx(100.0)
+    assert bench["logprob"]["n_units"] == 3
+    assert "circular_accuracy" in output
+    assert "POPE" not in output
+    assert "precision" not in output
+
+
+def test_per_item_letters_are_compared_within_the_item(demo_model, tmp_path):
+    """A 2-option and a 4-option item in one batch: each is scored on its own letters only."""
+    from analysis.evaluation import evaluate
+
+    rows = choice_rows()[:2]
+    rows[1].update(A="no", B="yes", C="green", D="blue", answer="B")
+    tsv = write_tsv(tmp_path / "mixed.tsv", rows)
+    items = read_vlmeval_tsv(tsv, benchmark="choice", decode_dir=tmp_path / "img")
+    assert [candidates(b) for b in items] == [["A", "B"], ["A", "B", "C", "D"]]
+    with pytest.raises(ValueError, match="share a first token"):
+        # The demo's word-level vocabulary has "a" but no "c" / "d": C and D are both <unk>.
+        evaluate(demo_model, items, out=tmp_path / "run", dims=[337, 771], show_progress=False)
+
+
+def test_vqa_questions_with_human_answers(runner, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    answers = tmp_path / "a.jsonl"
+    rows = [
+        {"question_id": 10, "image": "demo_00.png", "text": "Is there a red object in the image?"},
+        {"question_id": 11, "image": "demo_00.png", "text": "Is there a blue object in the image?"},
+    ]
+    humans = [
+        {"question_id": 10, "answers": ["yes"] * 10},
+        {"question_id": 11, "answers": ["no"] * 2 + ["none"] * 8},
+    ]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    answers.write_text("".join(json.dumps(r) + "\n" for r in humans))
+    out = tmp_path / "vqa"
+    args = ["--benchmark", "vqa", "--questions", str(questions), "--images", str(IMAGES)]
+    args += ["--answer-file", str(answers), "--conditions", "baseline,var", "--max-new-tokens", "3"]
+    _output, summary = _eval(runner, out, *args)
+    bench = summary["benchmark"]
+    assert "logprob" not in bench  # open answers: generation only
+    # q10: 10 of 10 say "yes" -> 1. q11 answered "no": 2 leave-one-out subsets keep one "no"
+    # (1/3), 8 keep two (2/3): (2/3 + 16/3) / 10 = 0.6. Mean 0.8 -> 80 %.
+    for name in ("baseline", "var"):
+        assert _value(bench, name, "accuracy", "generate") == pytest.approx(80.0)
+    assert "mcnemar" not in bench["generate"]["conditions"]["var"]  # fractional scores
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--benchmark", "mme"], "exactly one of --tsv, --hf or --questions"),
+        (["--benchmark", "nope", "--tsv", "x.tsv"], "--benchmark must be one of"),
+        (["--tsv", "x.tsv"], "need --benchmark"),
+    ],
+)
+def test_bad_benchmark_options_are_one_line_errors(runner, tmp_path, args, message):
+    result = runner.invoke(cli.app, ["eval", "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_hf_parquet_folder_reader(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from analysis.scoring.readers import read_hf_folder
+
+    folder = tmp_path / "hf" / "data"
+    folder.mkdir(parents=True)
+    table = pa.table(
+        {
+            "question_id": ["q0", "q1"],
+            "question": ["What colour is the object?", "What colour is the object?"],
+            "choices": [["red", "green"], ["blue", "yellow", "red"]],
+            "answer": ["(A)", "C"],
+            "source": ["COCO", "Omni3D"],
+            "image": [
+                {"bytes": (IMAGES / "demo_00.png").read_bytes(), "path": None},
+                {"bytes": (IMAGES / "demo_00.png").read_bytes(), "path": None},
+            ],
+        }
+    )
+    pq.write_table(table, folder / "test-00000.parquet")
+    items = read_hf_folder(tmp_path / "hf", benchmark="cv_bench", decode_dir=tmp_path / "img")
+    assert [b.item.id for b in items] == ["q0", "q1"]
+    assert [b.item.label for b in items] == ["A", "C"]
+    assert items[1].options == {"A": "blue", "B": "yellow", "C": "red"}
+    assert [b.category for b in items] == ["COCO", "Omni3D"]
+    assert len(list((tmp_path / "img").iterdir())) == 1  # one image, stored once
+    assert items[0].item.image.read_bytes() == (IMAGES / "demo_00.png").read_bytes()
+
+
+def _record(name, index, unit, score):
+    return {
+        "id": str(index),
+        "index": index,
+        "condition": name,
+        "benchmark": "mmbench",
+        "unit": unit,
+        "category": "",
+        "score_logprob": score,
+    }
+
+
+def test_benchmark_summary_by_hand():
+    base = [1.0, 1.0, 1.0, 0.0]
+    other = [1.0, 1.0, 1.0, 1.0]
+    by_condition = {
+        name: {str(i): _record(name, i, f"u{i // 2}", s) for i, s in enumerate(scores)}
+        for name, scores in (("baseline", base), ("var", other))
+    }
+    out = benchmark_summary(by_condition, ["baseline", "var"], n_boot=500, seed=0, level=0.95)
+    entry = out["logprob"]
+    assert entry["n_units"] == 2
+    assert _value(out, "baseline", "circular_accuracy") == pytest.approx(50.0)
+    assert _value(out, "var", "circular_accuracy") == pytest.approx(100.0)
+    assert _value(out, "baseline", "accuracy") == pytest.approx(75.0)
+    versus = entry["conditions"]["var"]["vs_reference"]
+    assert versus["circular_accuracy"]["value"] == pytest.approx(50.0)
+    assert versus["accuracy"]["value"] == pytest.approx(25.0)
+    # Two units: the resampled difference is 0 (u0 twice), 50 or 100 (u1 twice).
+    assert versus["circular_accuracy"]["lo"] == pytest.approx(0.0)
+    assert versus["circular_accuracy"]["hi"] == pytest.approx(100.0)
+    assert entry["conditions"]["var"]["mcnemar"] == {"b": 0, "c": 1, "p": 1.0}
+    assert "generate" not in out
