@@ -1164,6 +1164,98 @@ def _ablate_dataset(
 
 @app.command()
 @friendly
+def sweep(
+    model: ModelArg = None,
+    grid: Annotated[
+        str,
+        typer.Option(help="VAR settings: p=0.2:0.8:0.2,rho=0.3,0.5,0.8 (ranges inclusive)."),
+    ] = "p=0.2:0.8:0.2,rho=0.5,0.8",
+    base: Annotated[
+        str, typer.Option(help="The condition each point extends: var, var-to-text, ...")
+    ] = "var",
+    out: Annotated[Path, typer.Option(help="Run folder (required; resumed when it exists).")] = ...,  # type: ignore[assignment]
+    questions: QuestionsOpt = None,
+    images: ImageRootOpt = None,
+    benchmark: BenchmarkOpt = None,
+    tsv: TsvOpt = None,
+    hf: HfOpt = None,
+    answer_file: AnswerFileOpt = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="Metric to plot (default: accuracy, or the benchmark's total)."),
+    ] = None,
+    scoring: Annotated[str, typer.Option(help="logprob or generate.")] = "logprob",
+    x: Annotated[str, typer.Option("--x", help="Setting on the x axis: p or rho.")] = "p",
+    limit: LimitOpt = None,
+    batch_size: BatchOpt = 1,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Greedy generation length (0: score by log-probs only).")
+    ] = 0,
+    tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
+    dims: DimsOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of random heads and the bootstrap.")] = 0,
+    n_boot: BootOpt = 1000,
+    device: DeviceOpt = None,
+    max_length: MaxLengthOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+    progress_bar: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    force: ForceOpt = False,
+) -> None:
+    """A grid of VAR settings over one item set in one resumable run, and its figure.
+
+    Writes OUT/sweep.html and OUT/sweep.png: the metric vs the setting with
+    bootstrap CIs, one line per value of the other setting, the baseline as a band.
+    """
+    from analysis.checks import check_choice
+    from analysis.sweep import grid_conditions, parse_grid
+
+    check_choice("--scoring", scoring, ("logprob", "generate"))
+    check_choice("--x", x, ("p", "rho"))
+    specs = ["baseline", *grid_conditions(parse_grid(grid), base)]
+    shard, result = run_evaluation(
+        model,
+        questions,
+        images,
+        None,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+        max_length=max_length,
+        force=force,
+        bench={"benchmark": benchmark, "tsv": tsv, "hf": hf, "answer_file": answer_file},
+        out=out,
+        conditions=specs,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        limit=limit,
+        dims=parse_dims(dims),
+        tau=tau,
+        seed=seed,
+        collect_stats=False,
+        n_boot=n_boot,
+        show_progress=progress_bar,
+    )
+    if shard.is_main:
+        print_summary(result.summary(), escape(f"vsink sweep ({describe_run(result)})"))
+        for path in write_sweep_figure(out, metric=metric, scoring=scoring, x=x):
+            console.print(f"wrote {escape(str(path))}")
+
+
+def write_sweep_figure(run_dir: Path, *, metric: str | None, scoring: str, x: str) -> list[Path]:
+    """OUT/sweep.html and OUT/sweep.png from a run's summary and manifest."""
+    from analysis.evaluation import read_manifest
+    from analysis.plots import sweep_figure, to_png, write_html
+    from analysis.sweep import sweep_rows
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = sweep_rows(summary, read_manifest(run_dir)["conditions"], metric=metric, scoring=scoring)
+    fig = sweep_figure(rows, x=x)
+    return [write_html(fig, run_dir / "sweep.html"), to_png(fig, run_dir / "sweep.png")]
+
+
+@app.command()
+@friendly
 def summary(
     run_dir: Annotated[Path, typer.Argument(help="A folder written by vsink eval / ablate.")],
     n_boot: Annotated[
