@@ -1287,6 +1287,41 @@ def summary(
 
 @app.command()
 @friendly
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by vsink eval.")],
+    fmt: Annotated[str, typer.Option("--format", help="mm-vet, llava-wild or mmhal.")] = ...,  # type: ignore[assignment]
+    out: Annotated[Path, typer.Option(help="The judge's input file to write.")] = ...,  # type: ignore[assignment]
+    condition: Annotated[str, typer.Option(help="Which condition's generations.")] = "baseline",
+    template: Annotated[
+        Path | None, typer.Option(help="mmhal: MMHal-Bench's response_template.json.")
+    ] = None,
+    model_id: Annotated[str, typer.Option(help="llava-wild: the model_id field.")] = "vsink",
+) -> None:
+    """Write a run's generations in an LLM judge's input format (MM-Vet, LLaVA-Wild, MMHal)."""
+    from analysis.checks import check_choice
+    from analysis.evaluation import load_records
+    from analysis.fsio import write_atomic
+    from analysis.scoring.export import JUDGE_FORMATS, export_judge
+
+    check_choice("--format", fmt, tuple(JUDGE_FORMATS))
+    check_outputs(out=out)
+    entries = None
+    if template is not None:
+        try:
+            entries = json.loads(template.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--template {template}: not a readable JSON file ({err}).") from None
+        if not isinstance(entries, list):
+            raise ValueError(f"--template {template}: expected a JSON list of entries.")
+    text = export_judge(
+        load_records(run_dir), fmt, condition=condition, model_id=model_id, template=entries
+    )
+    write_atomic(out, text)
+    console.print(f"wrote {escape(str(out))} ({fmt}, condition {escape(condition)})")
+
+
+@app.command()
+@friendly
 def merge(
     run_dir: Annotated[Path, typer.Argument(help="A folder written by vsink eval / ablate.")],
 ) -> None:

@@ -313,3 +313,47 @@ def test_benchmark_summary_by_hand():
     assert versus["circular_accuracy"]["hi"] == pytest.approx(100.0)
     assert entry["conditions"]["var"]["mcnemar"] == {"b": 0, "c": 1, "p": 1.0}
     assert "generate" not in out
+
+
+def test_judge_exports_of_generations(runner, tmp_path):
+    out = tmp_path / "gen"
+    demo = DEMO_MODEL_DIR.parent
+    args = ["--questions", str(demo / "questions.jsonl"), "--images", str(IMAGES)]
+    _eval(
+        runner, out, *args, "--limit", "2", "--conditions", "baseline,var", "--max-new-tokens", "3"
+    )
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    generated = {r["id"]: r["generated"] for r in records if r["condition"] == "var"}
+    assert generated == {"0": "yes", "1": "no"}  # demo: red in demo_00, no cyan
+
+    def export(*extra):
+        result = runner.invoke(cli.app, ["export", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        return result
+
+    export("--format", "mm-vet", "--condition", "var", "--out", str(tmp_path / "mmvet.json"))
+    assert json.loads((tmp_path / "mmvet.json").read_text()) == {"0": "yes", "1": "no"}
+    export("--format", "llava-wild", "--out", str(tmp_path / "wild.jsonl"), "--model-id", "demo")
+    lines = [json.loads(x) for x in (tmp_path / "wild.jsonl").read_text().splitlines()]
+    assert [(x["question_id"], x["text"], x["model_id"]) for x in lines] == [
+        (0, "yes", "demo"),
+        (1, "no", "demo"),
+    ]
+    assert lines[0]["prompt"] == "Is there a red object in the image?"
+    template = [{"question": "q0", "model_answer": ""}, {"question": "q1", "model_answer": ""}]
+    (tmp_path / "template.json").write_text(json.dumps(template))
+    export("--format", "mmhal", "--template", str(tmp_path / "template.json"),
+           "--out", str(tmp_path / "mmhal.json"))  # fmt: skip
+    filled = json.loads((tmp_path / "mmhal.json").read_text())
+    assert filled == [
+        {"question": "q0", "model_answer": "yes"},
+        {"question": "q1", "model_answer": "no"},
+    ]
+    for extra, message in (
+        (["--format", "mmhal"], "needs MMHal-Bench's response_template"),
+        (["--format", "gpt"], "--format must be one of"),
+        (["--format", "mm-vet", "--condition", "nope"], "no records of condition 'nope'"),
+    ):
+        result = runner.invoke(cli.app, ["export", str(out), *extra, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2
+        assert message in result.output
