@@ -27,6 +27,14 @@ process takes every N-th batch of the pending items and writes its own part;
 rank 0 merges after a barrier. Batches are formed before sharding, so a fresh
 sharded run computes bit for bit what a single process computes.
 
+Benchmark items (:class:`analysis.scoring.readers.BenchItem`: MME, MMBench,
+MMVP, CV-Bench, multiple choice, VQA, GQA) are scored by their benchmark's rule
+instead (:mod:`analysis.scoring.runs`): each item's own candidates by
+log-probability, the generation by the benchmark's task, and the summary's
+``benchmark`` entry holds the metric with CIs and the paired differences. Such
+runs write format 2 (records gain ``benchmark``, ``unit``, ``category``,
+``answer``, ``candidates``, ``score_*``); runs without a benchmark keep format 1.
+
 Metrics (pure functions, vectorised over bootstrap resamples): POPE accuracy,
 precision, recall, F1 and yes-ratio with percentile bootstrap CIs, and against
 the baseline the paired accuracy difference (bootstrap CI), the exact McNemar
@@ -639,7 +647,14 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         raise EvalError(f"{Path(run_dir)} is not an evaluation run (no {MANIFEST}).")
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    version = manifest.get("config", {}).get("format", POPE_FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise EvalError(
+            f"{path}: run format {version!r} is newer than this vsink reads "
+            f"(<= {FORMAT_VERSION}); update vsink."
+        )
+    return manifest
 
 
 def _config_diff(old: Any, new: Any, path: str = "") -> list[str]:

@@ -357,3 +357,12 @@ def test_judge_exports_of_generations(runner, tmp_path):
         result = runner.invoke(cli.app, ["export", str(out), *extra, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2
         assert message in result.output
+
+
+def test_a_newer_run_format_is_refused(runner, tmp_path):
+    run = tmp_path / "future"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"config": {"format": 99}, "conditions": []}))
+    result = runner.invoke(cli.app, ["summary", str(run)])
+    assert result.exit_code == 2
+    assert "run format 99 is newer than this vsink reads (<= 2)" in result.output
