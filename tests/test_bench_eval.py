@@ -1,9 +1,9 @@
 """vsink eval --benchmark on the demo model: hand-made files from the demo images, scored by hand.
 
 The demo model answers "Is there a <colour> object" questions right (yes/no, by
-log-prob and by generation). It has no letter circuit: its option-letter logits
-tie (all zero), so scoring by letter log-prob picks the first letter, while its
-generation ("yes" / "no") is matched to the option text. Both are hand-computed.
+log-prob and by generation) and "What color is the object?" with options
+``A. red`` .. ``D. yellow`` by the letter of the object's colour (its letter
+circuit, see analysis/demo/build.py), by log-prob and by generation.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 
 from analysis import cli
 from analysis.loading import DEMO_MODEL_DIR
-from analysis.scoring.readers import read_vlmeval_tsv
-from analysis.scoring.runs import benchmark_summary, candidates
+from analysis.scoring.runs import benchmark_summary
 
 IMAGES = DEMO_MODEL_DIR.parent / "images"
 CONDITIONS = "baseline,var,var:convention=official,var:rho_preset=general,var-all-heads,var-to-text"
@@ -62,28 +61,33 @@ def mme_rows() -> list[dict[str, str]]:
     return rows
 
 
+COLOURS = ["red", "green", "blue", "yellow"]
+# Single-object demo images and their object's colour.
+OBJECTS = [("demo_00.png", "red"), ("demo_02.png", "yellow"), ("demo_04.png", "blue"),
+           ("demo_06.png", "green")]  # fmt: skip
+
+
 def choice_rows() -> list[dict[str, str]]:
-    """MMBench-style: three questions, each with its options in two rotations."""
+    """MMBench-style: four colour questions, each with its options in 4 circular rotations.
+
+    Question 3's rotation 2 has a deliberately wrong answer letter.
+    """
     rows = []
-    for k, (image, colour, right) in enumerate(
-        [
-            ("demo_00.png", "red", "yes"),
-            ("demo_02.png", "red", "no"),
-            ("demo_04.png", "blue", "yes"),
-        ]
-    ):
-        for rotation, options in enumerate((["yes", "no"], ["no", "yes"])):
+    for k, (image, colour) in enumerate(OBJECTS):
+        for rotation in range(4):
+            options = COLOURS[rotation:] + COLOURS[:rotation]
             rows.append(
                 {
                     "index": str(k + rotation * 1_000_000),
                     "image": b64(image),
-                    "question": f"Is there a {colour} object in the image?",
-                    "answer": "AB"[options.index(right)],
-                    "A": options[0],
-                    "B": options[1],
+                    "question": "What color is the object?",
+                    "answer": "ABCD"[options.index(colour)],
+                    **dict(zip("ABCD", options, strict=True)),
                     "category": "attribute",
                 }
             )
+    wrong = rows[3 * 4 + 2]
+    wrong["answer"] = "ABCD"[("ABCD".index(wrong["answer"]) + 1) % 4]
     return rows
 
 
@@ -166,48 +170,57 @@ def test_mme_tsv_with_presets_and_ablations_in_one_run(runner, tmp_path):
 def test_multiple_choice_by_letter_and_by_generation(runner, tmp_path):
     tsv = write_tsv(tmp_path / "mmb.tsv", choice_rows())
     out = tmp_path / "mmb"
-    args = [
-        "--benchmark",
-        "mmbench",
-        "--tsv",
-        str(tsv),
-        "--conditions",
-        "baseline,var,var-to-visual",
-    ]
-    output, summary = _eval(runner, out, *args, "--max-new-tokens", "3", "--batch-size", "2")
+    conditions = "baseline,var,var:convention=official,var-all-heads,var-to-visual"
+    args = ["--benchmark", "mmbench", "--tsv", str(tsv), "--conditions", conditions]
+    output, summary = _eval(runner, out, *args, "--max-new-tokens", "3", "--batch-size", "4")
     bench = summary["benchmark"]
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 16 * 5
     for record in records:
-        assert record["candidates"] == ["A", "B"]
-        assert set(record["logprobs"]) == {"A", "B"}
-        # Tied letter logits: the first letter; the generation names the right option's text.
-        assert record["pred_logprob"] == "A"
-        assert record["generated"] in ("yes", "no")
-        assert record["pred_generate"] == record["label"]
-    for name in ("baseline", "var", "var:to=visual"):
-        # One rotation of each question has answer A: half right, no circle complete.
-        assert _value(bench, name, "accuracy") == pytest.approx(50.0)
-        assert _value(bench, name, "circular_accuracy") == pytest.approx(0.0)
-        assert _value(bench, name, "accuracy", "generate") == pytest.approx(100.0)
-        assert _value(bench, name, "circular_accuracy", "generate") == pytest.approx(100.0)
-    assert bench["logprob"]["n_units"] == 3
+        assert record["candidates"] == ["A", "B", "C", "D"]
+        assert set(record["logprobs"]) == {"A", "B", "C", "D"}
+        # The letter of the object's colour, by log-prob and as the whole generation.
+        lines = record["text"].splitlines()[1:5]
+        options = dict(line.split(". ") for line in lines)
+        colour = OBJECTS[int(record["id"]) % 1_000_000][1]
+        right = next(letter for letter, text in options.items() if text == colour)
+        assert record["pred_logprob"] == right
+        assert record["generated"] == right
+        assert record["pred_generate"] == right
+    for scoring in ("logprob", "generate"):
+        for name in ("baseline", "var", "var:convention=official", "var:rows=all", "var:to=visual"):
+            # 15 of 16 right (one wrong key); 3 of 4 circles complete.
+            assert _value(bench, name, "accuracy", scoring) == pytest.approx(93.75)
+            assert _value(bench, name, "circular_accuracy", scoring) == pytest.approx(75.0)
+        versus = bench[scoring]["conditions"]["var"]["vs_reference"]["circular_accuracy"]
+        assert versus == {"value": 0.0, "lo": 0.0, "hi": 0.0}
+    assert bench["logprob"]["n_units"] == 4
     assert "circular_accuracy" in output
-    assert "POPE" not in output
-    assert "precision" not in output
+    assert "Δ circular_accuracy vs baseline" in output
+    assert "precision" not in output  # no POPE yes/no metrics for a choice benchmark
 
 
-def test_per_item_letters_are_compared_within_the_item(demo_model, tmp_path):
-    """A 2-option and a 4-option item in one batch: each is scored on its own letters only."""
-    from analysis.evaluation import evaluate
+def test_letters_are_compared_within_the_item():
+    """An item is scored on its own letters even when the batch's union has more."""
+    from analysis.datasets import Item
+    from analysis.scoring.readers import BenchItem
+    from analysis.scoring.runs import record_fields
 
-    rows = choice_rows()[:2]
-    rows[1].update(A="no", B="yes", C="green", D="blue", answer="B")
-    tsv = write_tsv(tmp_path / "mixed.tsv", rows)
-    items = read_vlmeval_tsv(tsv, benchmark="choice", decode_dir=tmp_path / "img")
-    assert [candidates(b) for b in items] == [["A", "B"], ["A", "B", "C", "D"]]
-    with pytest.raises(ValueError, match="share a first token"):
-        # The demo's word-level vocabulary has "a" but no "c" / "d": C and D are both <unk>.
-        evaluate(demo_model, items, out=tmp_path / "run", dims=[337, 771], show_progress=False)
+    item = BenchItem(
+        item=Item("q", IMAGES / "demo_00.png", "demo_00.png", "text", "B"),
+        benchmark="choice",
+        unit="q",
+        answer="B",
+        options={"A": "green", "B": "red"},
+    )
+    union = {"A": -5.0, "B": -4.0, "C": -0.1, "D": -3.0}
+    fields = record_fields(item, union, "C")
+    assert fields["logprobs"] == {"A": -5.0, "B": -4.0}
+    assert fields["pred_logprob"] == "B"
+    assert fields["score_logprob"] == 1.0
+    # "C" is no option of this item: the generation picks nothing and scores 0.
+    assert fields["pred_generate"] is None
+    assert fields["score_generate"] == 0.0
 
 
 def test_vqa_questions_with_human_answers(runner, tmp_path):

@@ -58,6 +58,21 @@ noise; ``python -m analysis.demo.verify`` measures all of it):
   unembedding reads ``YES`` for "yes", ``ONE`` for "no" and ``ANS`` for "</s>"
   (so generation stops after the answer).
 
+- Multiple choice by option letter ("What color is the object?" with options
+  ``A. red`` .. ``D. yellow``; the letters ``A``..``D`` are case-sensitive
+  whole-word tokens, so the article "a" stays a word). Layer 0 head 0 ("bind"
+  head): a colour word's query meets the letters' ``LETTER_KEY`` (k + 1 for
+  letter k), so it attends to the latest letter before it and copies its code
+  ``LET_k`` into ``OPTL_k``. Layer 0 MLP: one neuron per (letter, colour) fires
+  on a colour word carrying both codes (``PAIR``). Layer 1 head 0 ("options"
+  head): later tokens attend to the tokens carrying a bound letter (never to
+  visual tokens) and copy their ``PAIR`` codes into ``AGG``. Layer 5 MLP: per
+  (letter k, colour c) two neurons give ``SEEN_c * clamp(AGG_kc - theta, 0,
+  delta)`` to ``LOGIT_LET_k``, which letter k's unembedding reads; like the yes
+  neurons they are off on an answer token (``ANS``), so generation stops after
+  the letter. In prompts without options these parts write almost nothing
+  (the yes/no log-probs move by under 0.4 nats).
+
 Attention and MLP inputs are RMS-normalised, which divides every feature of a
 token by the same number; every threshold is therefore written relative to the
 ``ONE`` feature so decisions are exact. Rotary embeddings use rope_theta 1e30
@@ -89,7 +104,7 @@ D_MODEL = 1024
 N_LAYERS = 6
 N_HEADS = 4
 HEAD_DIM = 32
-D_MLP = 16
+D_MLP = 48
 IMAGE_SIZE = 336
 PATCH = 14
 GRID = IMAGE_SIZE // PATCH  # 24
@@ -115,6 +130,18 @@ SEEN = tuple(range(40, 40 + N_COL))  # seen colour (image-centric heads)
 YES = 48
 ANS = 49  # on the "yes"/"no" embeddings: the answer has been given
 SCRATCH = (52, 53, 54, 55)  # written by the sink heads, read by nothing
+# Multiple choice by option letter (tokens "A".."D", case-sensitive, whole words):
+LETTERS = ("A", "B", "C", "D")
+N_LET = len(LETTERS)
+LETTER_KEY = 56  # on letter k's embedding: k + 1 (later letters are stronger keys)
+LET = tuple(range(57, 57 + N_LET))  # one-hot letter code (embeddings)
+OPTL = tuple(range(61, 61 + N_LET))  # a colour word's option letter (bind head)
+PAIR = tuple(range(65, 65 + N_LET * N_COL))  # (letter, colour) of an option (layer 0 MLP)
+AGG = tuple(range(89, 89 + N_LET * N_COL))  # the prompt's options, at later tokens
+LOGIT_LET = tuple(range(113, 113 + N_LET))  # letter answer (layer 5 MLP)
+LETTER_PAD = 117  # evens out the letters' norms, so every bound letter is as strong
+BIND_HEAD = (0, 0)  # colour word -> the latest letter before it
+OPTIONS_HEAD = (1, 0)  # later tokens <- every colour word (its (letter, colour) pair)
 
 # head dims used by queries/keys: rotary pairs 6..15 (dims 6-15 and 22-31) only
 QK_DIMS = tuple(range(6, 16)) + tuple(range(22, 32))
@@ -249,6 +276,22 @@ class Knobs:
     yes_theta: float = 0.075
     yes_out: float = 0.0006
     yes_ans: float = 50.0
+    # multiple choice: bind head, (letter, colour) neurons, options head, letter neurons
+    letter_key: float = 0.25
+    bind_q: float = 1.0
+    bind_k: float = 1.0
+    bind_o: float = 0.052
+    pair_gain: float = 1.0
+    pair_out: float = 3.0 / 115.0
+    options_q: float = 0.5
+    options_k: float = 0.4
+    options_not_visual: float = 1.0
+    options_o: float = 0.12
+    letter_gain: float = 20.0
+    letter_theta: float = 0.07
+    letter_delta: float = 0.04
+    letter_out: float = 0.02
+    logit_letter: float = 1.0
     # unembedding
     logit_yes: float = 0.75
     logit_no: float = 0.5
@@ -377,6 +420,9 @@ def make_processor():
     )
     tokenizer.decoder = tk.decoders.WordPiece(prefix="##", cleanup=True)
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    # Option letters are matched before lower-casing, as whole words, so "A." is the
+    # letter and "a red object" keeps the article.
+    tokenizer.add_tokens([tk.AddedToken(x, single_word=True, normalized=False) for x in LETTERS])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",
@@ -463,6 +509,11 @@ def _sink_key(k: np.ndarray, dim: int, scale: float, bos_extra: float) -> None:
     k[dim, SINK_DIMS[1]] = scale / 2 - 2 * bos_extra
 
 
+def _pairs() -> list[tuple[int, int]]:
+    """(letter, colour) index pairs, in the order of the PAIR / AGG dims."""
+    return [(letter, c) for letter in range(N_LET) for c in range(N_COL)]
+
+
 def make_state_dict(
     token_ids: dict[str, int], vocab_size: int, knobs: Knobs = KNOBS
 ) -> dict[str, np.ndarray]:
@@ -521,6 +572,13 @@ def make_state_dict(
         emb[token_ids[name], WCOL[k]] = 1.0
     for word in ("yes", "no"):
         emb[token_ids[word], ANS] = 1.0
+    for k, letter in enumerate(LETTERS):
+        emb[token_ids[letter], LETTER_KEY] = knobs.letter_key * (k + 1)
+        emb[token_ids[letter], LETTER_PAD] = np.sqrt(
+            (knobs.letter_key * N_LET) ** 2 - (knobs.letter_key * (k + 1)) ** 2
+        )
+        emb[token_ids[letter], LET[k]] = 1.0
+        emb[token_ids[letter], ANS] = 1.0
     sd["model.language_model.embed_tokens.weight"] = emb
 
     # ---- decoder layers
@@ -537,8 +595,26 @@ def make_state_dict(
 
         for head in range(N_HEADS):
             lh = (layer, head)
+            if lh == BIND_HEAD:  # colour word: attend to the latest letter, copy its code
+                q[head, QK_DIMS[0], CW] = knobs.bind_q
+                k[head, QK_DIMS[0], LETTER_KEY] = knobs.bind_k
+                for j in range(N_LET):
+                    vv[head, j, LET[j]] = 1.0
+                    o[OPTL[j], head, j] = knobs.bind_o
+            elif lh == OPTIONS_HEAD:  # every token: read the (letter, colour) pairs
+                # Keys read the bound letter, which only option colour words carry: in a
+                # prompt without options the head attends uniformly and writes ~nothing.
+                q[head, QK_DIMS[0], ONE] = knobs.options_q
+                for j in range(N_LET):
+                    k[head, QK_DIMS[0], OPTL[j]] = knobs.options_k
+                # Never the visual tokens: they share the projector's noise, which an
+                # average over them would not cancel.
+                k[head, QK_DIMS[0], VIS] = -knobs.options_not_visual
+                for j, dim in enumerate(PAIR):
+                    vv[head, j, dim] = 1.0
+                    o[AGG[j], head, j] = knobs.options_o
             if layer < FIRST_SINK_LAYER:
-                continue  # layers 0-1: attention writes nothing (W_V = W_O = 0)
+                continue  # layers 0-1: the sink circuit's attention writes nothing
             if lh in SINK_HEADS:
                 jitter = 1.0 + knobs.sink_head_jitter * np.cos(1.7 * (4 * layer + head))
                 gain = knobs.sink_layer_gain[layer] * jitter
@@ -574,6 +650,13 @@ def make_state_dict(
                 gate[c, ONE] = -2.0 * knobs.colour_gain
                 up[c, ONE] = 1.0
                 down[COL[c], c] = knobs.colour_out
+            # (letter, colour) of an option: its colour word carries both codes
+            for j, (letter, c) in enumerate(_pairs()):
+                n = N_COL + j
+                gate[n, OPTL[letter]] = gate[n, WCOL[c]] = knobs.pair_gain
+                gate[n, ONE] = -1.5 * knobs.pair_gain
+                up[n, ONE] = 1.0
+                down[PAIR[j], n] = knobs.pair_out
         elif layer == 1:  # the massive activation
             s = knobs.sink_gain
             gate[0, VIS] = s * knobs.sink_vis
@@ -596,6 +679,16 @@ def make_state_dict(
                 gate[c, ANS] = -knobs.yes_ans
                 up[c, ASKED[c]] = 1.0
                 down[YES, c] = knobs.yes_out
+        elif layer == 5:  # letter k += SEEN_c * clamp(AGG_kc - theta, 0, delta): two neurons
+            for j, (letter, c) in enumerate(_pairs()):
+                for n, (theta, sign) in enumerate(
+                    ((knobs.letter_theta, 1.0), (knobs.letter_theta + knobs.letter_delta, -1.0))
+                ):
+                    gate[2 * j + n, AGG[j]] = knobs.letter_gain
+                    gate[2 * j + n, ONE] = -theta * knobs.letter_gain
+                    gate[2 * j + n, ANS] = -knobs.yes_ans  # answered: stop (eos reads ANS)
+                    up[2 * j + n, SEEN[c]] = 1.0
+                    down[LOGIT_LET[letter], 2 * j + n] = sign * knobs.letter_out
 
         sd[p + "self_attn.q_proj.weight"] = q.reshape(qkv, D_MODEL)
         sd[p + "self_attn.k_proj.weight"] = k.reshape(qkv, D_MODEL)
@@ -613,6 +706,8 @@ def make_state_dict(
     head[token_ids["yes"], YES] = knobs.logit_yes
     head[token_ids["no"], ONE] = knobs.logit_no
     head[token_ids["</s>"], ANS] = knobs.logit_eos
+    for k, letter in enumerate(LETTERS):
+        head[token_ids[letter], LOGIT_LET[k]] = knobs.logit_letter
     sd["lm_head.weight"] = head
     return sd
 
@@ -656,7 +751,8 @@ visual-attention-sink toolkit. LLaVA-1.5 layout (CLIP vision tower, GELU
 projector, Llama text model with d_model 1024, 6 layers, 4 heads). It plants
 massive activations in sink dims {sink_dims} on BOS and a few dark background
 patches, and answers only toy questions "Is there a <colour> object in the
-image?" about the bundled synthetic images. Not for any real use.
+image?" and "What color is the object?" with lettered colour options about the
+bundled synthetic images. Not for any real use.
 """
 
 
