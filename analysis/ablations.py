@@ -236,7 +236,9 @@ class VariantIntervention(VarIntervention):
     """VAR's hooks with a variant's rows and target (the sinks, layers and phases are VAR's).
 
     ``sample_keys`` (dataset item ids) seed the random heads per item, layer and
-    step, so a draw does not depend on the batch an item falls in.
+    step (0 for the prefill, then 1, 2, .. per generated token), drawn for the
+    item's own query rows in order, so a draw does not depend on the batch an
+    item falls in or on its padding.
     """
 
     def __init__(
@@ -256,14 +258,21 @@ class VariantIntervention(VarIntervention):
         self.sample_keys = list(range(batch)) if sample_keys is None else list(sample_keys)
         if len(self.sample_keys) != batch:
             raise ValueError(f"{len(self.sample_keys)} sample keys for a batch of {batch}.")
+        self._steps: dict[int, int] = {}
 
-    def _scores(self, layer: int, step: int, shape: tuple[int, ...]) -> torch.Tensor:
-        _, n_heads, n_query = shape
-        draws = []
-        for key in self.sample_keys:
+    def _scores(
+        self, layer: int, n_heads: int, queries: Bool[torch.Tensor, "batch query"]
+    ) -> Float[torch.Tensor, "batch head query"]:
+        """Uniform draws per item for its own query rows, in order (other rows get 1)."""
+        step = self._steps.get(layer, 0)
+        self._steps[layer] = step + 1
+        allowed = queries.cpu()
+        scores = torch.ones((allowed.shape[0], n_heads, allowed.shape[1]))
+        for b, key in enumerate(self.sample_keys):
             generator = torch.Generator().manual_seed(stable_seed(self.seed, key, layer, step))
-            draws.append(torch.rand((n_heads, n_query), generator=generator))
-        return torch.stack(draws)
+            rows = torch.nonzero(allowed[b]).flatten()
+            scores[b][:, rows] = torch.rand((n_heads, rows.numel()), generator=generator)
+        return scores
 
     def _redistribute(
         self,
@@ -283,7 +292,7 @@ class VariantIntervention(VarIntervention):
         valid = torch.nn.functional.pad(valid, (0, window.stop - valid.shape[1]), value=True)
         scores = None
         if self.variant.rows == "random":
-            scores = self._scores(layer, window.stop, tuple(part.shape[:3])).to(device)
+            scores = self._scores(layer, part.shape[1], queries).to(device)
         return apply_variant(
             self.variant,
             part,

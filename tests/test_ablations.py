@@ -16,6 +16,7 @@ from analysis.ablations import (
     var_intervention,
 )
 from analysis.capture import forward
+from analysis.generation import generate
 from analysis.tokens import build_batch
 from analysis.var import VarConfig, VarIntervention
 from analysis.var_math import redistribute_attention_with_stats
@@ -247,3 +248,31 @@ def test_condition_grammar_for_ablations_and_rho_presets():
     ):
         with pytest.raises(ValueError, match=message):
             parse_conditions(bad)
+
+
+def test_random_heads_do_not_depend_on_the_batch(demo_model):
+    """An item's random heads are the same alone and in a (left-padded) batch."""
+    from analysis.loading import DEMO_MODEL_DIR
+
+    images = DEMO_MODEL_DIR.parent / "images"
+    prompts = [
+        (images / "demo_00.png", "Is there a red object in the image?"),
+        (images / "demo_01.png", "Do you see a green object in the picture of this image?"),
+    ]
+    variant = Variant(rows="random")
+
+    def masses(pairs, keys):
+        inputs = build_batch(demo_model, pairs)
+        hooks = var_intervention(
+            demo_model, inputs, dims=[337, 771], config=VarConfig(), variant=variant,
+            sample_keys=keys,
+        )  # fmt: skip
+        generate(demo_model, inputs, max_new_tokens=2, fwd_hooks=hooks.fwd_hooks())
+        return [(v["prefill_mass_moved"], v["decode_mass_moved"]) for v in hooks.per_sample()]
+
+    together = masses(prompts, ["q0", "q1"])
+    alone = [masses([p], [k])[0] for p, k in zip(prompts, ["q0", "q1"], strict=True)]
+    for (prefill_a, decode_a), (prefill_b, decode_b) in zip(together, alone, strict=True):
+        assert prefill_a == pytest.approx(prefill_b, rel=1e-4)
+        assert decode_a == pytest.approx(decode_b, rel=1e-4)
+    assert together[0] != masses(prompts, ["other", "q1"])[0]  # the key seeds the draw

@@ -379,3 +379,22 @@ def test_a_newer_run_format_is_refused(runner, tmp_path):
     result = runner.invoke(cli.app, ["summary", str(run)])
     assert result.exit_code == 2
     assert "run format 99 is newer than this vsink reads (<= 2)" in result.output
+
+
+def test_pope_tsv_keeps_the_pope_metrics(runner, tmp_path):
+    rows = [
+        {"index": "0", "image": b64("demo_00.png"), "question": "Is there a red object in the image?",
+         "answer": "yes", "category": "adversarial"},
+        {"index": "1", "image": b64("demo_00.png"), "question": "Is there a blue object in the image?",
+         "answer": "no", "category": "adversarial"},
+        {"index": "2", "image": b64("demo_04.png"), "question": "Is there a blue object in the image?",
+         "answer": "no", "category": "adversarial"},  # wrong key: the model says yes
+    ]  # fmt: skip
+    tsv = write_tsv(tmp_path / "pope.tsv", rows)
+    out = tmp_path / "pope"
+    args = ["--benchmark", "pope", "--tsv", str(tsv), "--conditions", "baseline,var"]
+    _, summary = _eval(runner, out, *args, "--max-new-tokens", "0")
+    assert _value(summary["benchmark"], "baseline", "accuracy") == pytest.approx(200 / 3)
+    pope = summary["conditions"]["baseline"]["logprob"]
+    assert pope["accuracy"]["value"] == pytest.approx(2 / 3)
+    assert pope["counts"] == {"tp": 1, "fp": 1, "tn": 1, "fn": 0}
