@@ -245,7 +245,10 @@ def dims(
     paths = image_paths(images, model)
     batches = calibration(loaded, paths, prompt)
     result = discover_dims(
-        loaded, batches, thresholds=DimThresholds(min_ratio=min_ratio, min_abs=min_abs)
+        loaded,
+        batches,
+        thresholds=DimThresholds(min_ratio=min_ratio, min_abs=min_abs),
+        warn=False,  # said below, on stderr, in full
     )
     table = Table(title=f"sink dims over {len(paths)} images")
     for column in ("dim", "score", "peak/median BOS", "visual", "text"):
@@ -260,11 +263,19 @@ def dims(
         )
     console.print(table)
     console.print(f"dims: {result.dims}" + ("" if result.dims else " (none is massive; top shown)"))
+    if not result.dims:
+        err_console.print(f"[bold yellow]warning:[/] {result.explain_none()}", soft_wrap=True)
     if result.registry is not None:
         verdict = "agrees" if result.agrees_with_registry else "DISAGREES"
         console.print(
             f"registry ({result.registry['key']}): {result.registry['dims']} -> {verdict}"
         )
+        if not result.agrees_with_registry:
+            err_console.print(
+                f"[bold yellow]warning:[/] discovered {result.dims} differ from the registry's "
+                f"{result.registry['dims']}; commands use the registry's unless --dims is given.",
+                soft_wrap=True,
+            )
     payload = result.to_json()
     payload["config"]["images"] = [str(p) for p in paths]
     write_json(json_out, payload)
@@ -361,6 +372,8 @@ def generate(
     loaded = load(model, device, dtype)
     path = single_image(image, model)
     inputs = calibration(loaded, [path], prompt)[0]
+    # Refuse before any work when VAR has no sink dims to use.
+    chosen = resolve_dims(loaded, dims, [inputs]) if var else None
     baseline = run_generate(loaded, inputs, max_new_tokens=max_new_tokens)
     payload: dict[str, Any] = {
         "baseline": baseline.texts[0],
@@ -375,7 +388,6 @@ def generate(
     console.print(f"[bold]baseline:[/] {baseline.texts[0]}")
     if var:
         config = VarConfig(p=p, rho=rho, tau=tau)
-        chosen = resolve_dims(loaded, dims, [inputs])
         intervention = VarIntervention(loaded, inputs, dims=chosen, config=config)
         answer = run_generate(
             loaded, inputs, max_new_tokens=max_new_tokens, fwd_hooks=intervention.fwd_hooks()
