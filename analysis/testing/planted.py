@@ -155,7 +155,9 @@ class PlantedSpec:
             fail(f"visual_sink_fraction must be in (0, 0.8], got {self.visual_sink_fraction}")
         for layer, head in self.image_centric_heads:
             if not (self.first_sink_layer <= layer < self.n_layers and 0 <= head < self.n_heads):
-                fail(f"image-centric head ({layer}, {head}) must be at or after the first sink layer")
+                fail(
+                    f"image-centric head ({layer}, {head}) must be at or after the first sink layer"
+                )
         r0, r1, c0, c1 = self.object_cells
         if not (0 <= r0 < r1 <= self.grid and 0 <= c0 < c1 <= self.grid):
             fail(f"object_cells {self.object_cells} must lie on the {self.grid}x{self.grid} grid")
@@ -454,7 +456,9 @@ class _Plan:
 
     def logits(self) -> dict[str, float]:
         c = self.counts()
-        sink = math.log(SINK_HEAD_SHARE / (1 - SINK_HEAD_SHARE) * (c["obj"] + c["rest"]) / c["sinks"])
+        sink = math.log(
+            SINK_HEAD_SHARE / (1 - SINK_HEAD_SHARE) * (c["obj"] + c["rest"]) / c["sinks"]
+        )
         share_obj, share_sink, share_rest = IC_SHARES
         return {
             "sink_head": sink,
@@ -719,8 +723,169 @@ def _build_llava(spec: PlantedSpec) -> tuple[Any, Any]:
 # ----------------------------------------------------------------------------- Gemma 3
 
 
+CONST_K = 9  # Gemma 3: second key dim, so that normalised keys keep a direction
+
+
+def _gemma_attention(plan: _Plan, layer: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """q, k [head, head_dim, d_model] and the q_norm gain of one Gemma 3 layer.
+
+    Gemma 3 RMS-normalises every head's query and key, so a score is
+    ``gain * sqrt(head_dim) * cos``: the query is one unit direction, each key
+    a direction in the plane (QK, CONST_K) whose QK share sets the logit.
+    """
+    spec = plan.spec
+    q = np.zeros((spec.n_heads, HEAD_DIM, spec.d_model))
+    k = np.zeros_like(q)
+    if not spec.has_sinks or layer < spec.first_sink_layer:
+        return q, k, 1.0
+    logits = plan.logits()
+    top = 1.25 * max(abs(v) for v in logits.values())
+    s0 = spec.sink_dims[0]
+
+    def direction(logit: float) -> tuple[float, float]:
+        f = logit / top
+        return f, math.sqrt(1 - f * f)
+
+    for head in range(spec.n_heads):
+        q[head, QK, ONE] = 1.0
+        k[head, CONST_K, ONE] = 1.0
+        if (layer, head) in spec.image_centric_heads:
+            f, c = direction(logits["ic_object"])
+            k[head, QK, OBJ] = f / c  # with CONST_K = 1 on the same token
+            k[head, QK, s0], k[head, CONST_K, s0] = direction(logits["ic_sink"])
+        else:
+            k[head, QK, s0], k[head, CONST_K, s0] = direction(logits["sink_head"])
+    return q, k, top / math.sqrt(HEAD_DIM)
+
+
 def _build_gemma3(spec: PlantedSpec) -> tuple[Any, Any]:
-    raise NotImplementedError("gemma3 planted models are not built yet")
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+    )
+
+    from analysis.tiny import _GEMMA3_TEMPLATE, word_tokenizer
+
+    plan = _Plan(spec)
+    specials = {
+        "bos": "<bos>",
+        "eos": "<eos>",
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+        "start_turn": "<start_of_turn>",
+        "end_turn": "<end_of_turn>",
+    }
+    tok = word_tokenizer(specials, "<bos>", extra_words=("user", "model"))
+    size = image_size(spec)
+    text = {
+        "vocab_size": len(tok),
+        "hidden_size": spec.d_model,
+        "intermediate_size": D_MLP,
+        "num_hidden_layers": spec.n_layers,
+        "num_attention_heads": spec.n_heads,
+        "num_key_value_heads": spec.n_heads,
+        "head_dim": HEAD_DIM,
+        "query_pre_attn_scalar": HEAD_DIM,
+        "max_position_embeddings": 1024,
+        "rms_norm_eps": 1e-6,
+        "sliding_window": 4096,
+        "layer_types": ["full_attention"] * spec.n_layers,
+        "rope_parameters": {
+            kind: {"rope_type": "default", "rope_theta": ROPE_THETA}
+            for kind in ("sliding_attention", "full_attention")
+        },
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    vision = {
+        "hidden_size": VISION_WIDTH,
+        "intermediate_size": VISION_WIDTH,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 1,
+        "image_size": size,
+        "patch_size": PATCH,
+        "layer_norm_eps": 1e4,  # every vision norm (and the projector's) stays linear
+    }
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=spec.grid**2,
+        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    rng = np.random.default_rng(spec.seed)
+    sd = {name: torch.zeros_like(value) for name, value in model.state_dict().items()}
+    # Vision: channels (u, -u) = patch-mean colour, (1, -1) = constant from the conv bias;
+    # the MLP adds (dark, -dark, yellow, -yellow). Every channel set sums to 0, so the
+    # LayerNorms (weight 100, eps 1e4) are ~identity.
+    conv = np.zeros((VISION_WIDTH, 3, PATCH, PATCH))
+    for c in range(3):
+        conv[c, c] = 1.0 / PATCH**2
+        conv[3 + c, c] = -1.0 / PATCH**2
+    conv_bias = np.zeros(VISION_WIDTH)
+    conv_bias[10], conv_bias[11] = 1.0, -1.0
+    _put(sd, "embeddings.patch_embedding.weight", conv)
+    _put(sd, "embeddings.patch_embedding.bias", conv_bias)
+    for norm in ("layer_norm1", "layer_norm2"):
+        _put(sd, f"encoder.layers.0.{norm}.weight", np.full(VISION_WIDTH, 100.0))
+    _put(sd, "post_layernorm.weight", np.full(VISION_WIDTH, 100.0))
+    fc1 = np.zeros((VISION_WIDTH, VISION_WIDTH))
+    fc1_b = np.zeros(VISION_WIDTH)
+    fc1[0, :3], fc1_b[0] = DETECTOR_GAIN * DARK_W, DETECTOR_GAIN * DARK_B
+    fc1[1, :3], fc1_b[1] = DETECTOR_GAIN * YELLOW_W, DETECTOR_GAIN * YELLOW_B
+    dark_u, yellow_u = _unit_rgb(SHADES[SINK]), _unit_rgb(SHADES[OBJECT])
+    dark_on, yellow_on = DETECTOR_GAIN * _dark(dark_u), DETECTOR_GAIN * _yellow(yellow_u)
+    fc2 = np.zeros((VISION_WIDTH, VISION_WIDTH))
+    fc2[6, 0], fc2[7, 0] = 1.0 / dark_on, -1.0 / dark_on
+    fc2[8, 1], fc2[9, 1] = 1.0 / yellow_on, -1.0 / yellow_on
+    _put(sd, "encoder.layers.0.mlp.fc1.weight", fc1)
+    _put(sd, "encoder.layers.0.mlp.fc1.bias", fc1_b)
+    _put(sd, "encoder.layers.0.mlp.fc2.weight", fc2)
+    # Projector: RMSNorm with eps 1e4 divides by ~100; weight 99 gives (1 + 99) back.
+    _put(sd, "mm_soft_emb_norm.weight", np.full(VISION_WIDTH, 99.0))
+    proj = np.zeros((VISION_WIDTH, spec.d_model))
+    proj[10] = _visual_base(plan, rng)
+    proj[6, SINKF] = 1.0
+    proj[8, OBJ] = 1.0
+    if spec.source == "projector" and spec.visual_sinks:
+        proj[6, list(spec.sink_dims)] = plan.massive
+    _put(sd, "mm_input_projection_weight", proj)
+    # Text model: Gemma norms scale by (1 + weight), so the zeros above are identities.
+    embed = _text_embeddings(plan, rng, tok, scale=math.sqrt(spec.d_model))
+    _put(sd, "language_model.embed_tokens.weight", embed)
+    _put(sd, "lm_head.weight", embed)  # tied to the embeddings: the last one loaded wins
+    for layer in range(spec.n_layers):
+        prefix = f"language_model.layers.{layer}."
+        q, k, gain = _gemma_attention(plan, layer)
+        _put(sd, prefix + "self_attn.q_proj.weight", q.reshape(-1, spec.d_model))
+        _put(sd, prefix + "self_attn.k_proj.weight", k.reshape(-1, spec.d_model))
+        _put(sd, prefix + "self_attn.q_norm.weight", np.full(HEAD_DIM, gain - 1.0))
+        if spec.source == "mlp" and spec.has_sinks and layer == spec.first_sink_layer - 1:
+            gate, up, down = _sink_mlp(plan)
+            _put(sd, prefix + "mlp.gate_proj.weight", gate)
+            _put(sd, prefix + "mlp.up_proj.weight", up)
+            _put(sd, prefix + "mlp.down_proj.weight", down)
+            # The output norm rescales the MLP's output to unit RMS: give the mass back.
+            post = np.full(spec.d_model, -1.0)
+            post[list(spec.sink_dims)] = np.linalg.norm(plan.massive) / math.sqrt(spec.d_model)
+            post[list(spec.sink_dims)] -= 1.0
+            _put(sd, prefix + "post_feedforward_layernorm.weight", post)
+    model.load_state_dict(sd, strict=True)
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessor(
+            size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ),
+        tokenizer=tok,
+        chat_template=_GEMMA3_TEMPLATE,
+        image_seq_length=spec.grid**2,
+    )
+    return model.eval(), processor
 
 
 _BUILDERS = {"llava": _build_llava, "llava_next": _build_llava, "gemma3": _build_gemma3}
