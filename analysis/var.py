@@ -156,6 +156,11 @@ class VarIntervention:
         self.config = config or VarConfig()
         if dims is None and sinks is None:
             raise ValueError("VAR needs sink dims (or explicit sink positions).")
+        if dims is not None and not dims:
+            raise ValueError(
+                "VAR needs at least one sink dim: with none it would change nothing. "
+                "Pass dims explicitly or discover them (analysis.dims.sink_dims)."
+            )
         self.dims = None if dims is None else [int(d) for d in dims]
         layers = (
             default_var_layers(model.n_layers)

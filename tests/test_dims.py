@@ -21,6 +21,7 @@ from analysis.dims import (
     registry_entry,
     sink_dims,
 )
+from analysis.testing.planted import DELIMITER
 from analysis.tokens import build_batch
 
 PLANTED_DIMS = (5, 41)
@@ -212,3 +213,51 @@ def test_sink_heavy_calibration_is_discovered(tiny):
     assert n_planted / int(valid.sum()) > 0.25
     assert result.dims == sorted(PLANTED_DIMS)
     assert float(result.text_fraction[:, list(PLANTED_DIMS)].max()) == 0.0
+
+
+# ----------------------------------------------------------------------------- planted zoo
+
+
+def test_zoo_discovers_exactly_the_planted_dims(planted):
+    """Every zoo member: discovery returns the planted dims, never the bias decoy.
+
+    On the no-sink member it returns none, warns naming the closest candidate
+    (its bias decoy, rejected as a bias) and ``sink_dims`` refuses.
+    """
+    spec = planted.spec
+    if spec.has_sinks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", NoSinkDimsWarning)
+            result = discover_dims(planted.model, planted.inputs, show_progress=False)
+        assert result.dims == planted.dims
+        assert sink_dims(planted.model, planted.inputs) == planted.dims
+        rows = {row["dim"]: row for row in result.per_dim()}
+        # Massive exactly in the scanned layers whose input carries the planted sinks.
+        expected = [layer for layer in result.layers if layer in spec.sink_layers]
+        assert all(rows[d]["layers_massive"] == expected for d in planted.dims)
+        # The planted dims are large on no ordinary text token but the delimiter sink,
+        # whatever the fraction of visual tokens that are sinks.
+        text = planted.inputs.text & ~planted.inputs.bos
+        delimiters = sum(
+            token == DELIMITER
+            for b, layout in enumerate(planted.inputs.layouts)
+            for p, token in enumerate(layout.tokens)
+            if text[b, p]
+        )
+        fraction = delimiters / int(text.sum()) if spec.delimiter_sink else 0.0
+        for slot, layer in enumerate(result.layers):
+            expected_fraction = fraction if layer in spec.sink_layers else 0.0
+            assert result.text_fraction[slot, planted.dims].tolist() == pytest.approx(
+                [expected_fraction] * len(planted.dims)
+            )
+    else:
+        with pytest.warns(NoSinkDimsWarning, match=f"closest: dim {spec.bias_dim} "):
+            result = discover_dims(planted.model, planted.inputs, show_progress=False)
+        assert result.dims == []
+        assert result.closest()["reason"] == "not_bias"
+        with pytest.raises(NoSinkDimsError, match="Refusing to run without sink dims"):
+            sink_dims(planted.model, planted.inputs)
+    if spec.bias_dim is not None:
+        assert spec.bias_dim not in result.dims
+        assert float(result.text_fraction[:, spec.bias_dim].min()) == 1.0
+        assert float(result.ratio()[:, spec.bias_dim].min()) >= result.thresholds.min_ratio
