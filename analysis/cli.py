@@ -215,13 +215,15 @@ def calibration(loaded: Any, paths: list[Path], prompt: str) -> list[Any]:
     return [build_inputs(loaded, path, prompt) for path in paths]
 
 
-def resolve_dims(loaded: Any, dims: str | None, batches: list[Any]) -> list[int]:
+def resolve_dims(
+    loaded: Any, dims: str | None, batches: list[Any], registry_only: bool = False
+) -> list[int]:
     from analysis.dims import sink_dims
 
     explicit = parse_dims(dims)
     if explicit is not None:
         return sink_dims(loaded, dims=explicit)
-    return sink_dims(loaded, batches)
+    return sink_dims(loaded, batches, registry_only=registry_only)
 
 
 @app.command()
@@ -355,9 +357,18 @@ def generate(
     image: Annotated[Path | None, typer.Option(help="Image file (default: a demo image).")] = None,
     prompt: PromptOpt = "Is there a red object in the image?",
     var: Annotated[bool, typer.Option("--var", help="Also generate with VAR.")] = False,
-    p: Annotated[float, typer.Option(help="VAR: fraction of sink attention moved.")] = 0.6,
-    rho: Annotated[float, typer.Option(help="VAR: minimum visual non-sink ratio.")] = 0.5,
-    tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
+    preset: Annotated[
+        str, typer.Option(help="VAR preset: paper (default) or official (the authors' code).")
+    ] = "paper",
+    p: Annotated[
+        float | None,
+        typer.Option(help="VAR p (default 0.6): paper preset moves p, official keeps p."),
+    ] = None,
+    rho: Annotated[
+        float | None,
+        typer.Option(help="VAR rho (default 0.5): paper min r, official max sink fraction."),
+    ] = None,
+    tau: Annotated[float | None, typer.Option(help="phi threshold (default 20).")] = None,
     dims: DimsOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 16,
     device: DeviceOpt = None,
@@ -372,8 +383,10 @@ def generate(
     loaded = load(model, device, dtype)
     path = single_image(image, model)
     inputs = calibration(loaded, [path], prompt)[0]
+    given = {"p": p, "rho": rho, "tau": tau}
+    config = VarConfig.preset(preset, **{k: v for k, v in given.items() if v is not None})
     # Refuse before any work when VAR has no sink dims to use.
-    chosen = resolve_dims(loaded, dims, [inputs]) if var else None
+    chosen = resolve_dims(loaded, dims, [inputs], config.registry_dims) if var else None
     baseline = run_generate(loaded, inputs, max_new_tokens=max_new_tokens)
     payload: dict[str, Any] = {
         "baseline": baseline.texts[0],
@@ -387,7 +400,6 @@ def generate(
     }
     console.print(f"[bold]baseline:[/] {baseline.texts[0]}")
     if var:
-        config = VarConfig(p=p, rho=rho, tau=tau)
         intervention = VarIntervention(loaded, inputs, dims=chosen, config=config)
         answer = run_generate(
             loaded, inputs, max_new_tokens=max_new_tokens, fwd_hooks=intervention.fwd_hooks()

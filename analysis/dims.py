@@ -413,6 +413,7 @@ def sink_dims(
     dims: Sequence[int] | None = None,
     thresholds: DimThresholds | None = None,
     discover: bool | None = None,
+    registry_only: bool = False,
 ) -> list[int]:
     """The sink dims to use for ``model``.
 
@@ -421,7 +422,8 @@ def sink_dims(
     warning names any disagreement. Unknown models need calibration inputs;
     when discovery finds no dim on them this raises :class:`NoSinkDimsError`
     (naming the closest candidate and why it was rejected) instead of
-    returning nothing.
+    returning nothing. ``registry_only`` (the official VAR preset) never
+    discovers: the registry's dims or explicit ones, else :class:`NoSinkDimsError`.
     """
     if dims is not None:
         chosen = sorted({int(d) for d in dims})
@@ -432,6 +434,13 @@ def sink_dims(
             )
         return chosen
     known = registry_entry(model)
+    if registry_only:
+        if known is None:
+            raise NoSinkDimsError(
+                f"The official preset takes the sink dims from the registry and "
+                f"{model.name_or_path} is not in it; pass them explicitly (--dims / dims=[...])."
+            )
+        return list(known["dims"])
     if discover is None:
         discover = calibration is not None
     found: DimsResult | None = None

@@ -57,7 +57,7 @@ from analysis.heads import HeadStatsHooks
 from analysis.results import ResultMixin, provenance, to_jsonable
 from analysis.sinks import DEFAULT_TAU
 from analysis.tokens import build_batch
-from analysis.var import VarConfig, VarIntervention
+from analysis.var import PRESETS, VarConfig, VarIntervention
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
@@ -169,6 +169,8 @@ def parse_conditions(
     * ``baseline``: no intervention;
     * ``var[:p=..,rho=..,s=..,tau=..,layers=2-4,convention=official]``: VAR
       (defaults: p 0.6, the run's ``rho`` and ``tau``, layers 2 .. L-2);
+      ``var:preset=official[,..]`` starts from the official preset instead
+      (:meth:`analysis.var.VarConfig.preset`; the run's rho and tau do not apply);
     * ``ablate-{sinks,random,nonsink,visual}[:mode=pre|post,layers=..]``:
       attention knock-out; ``ablate-random:draws=K`` expands into K seeded
       draws named ``ablate-random[k]``.
@@ -210,8 +212,12 @@ def _build_condition(
         refuse(())
         return [Condition("baseline", "baseline")]
     if head == "var":
-        refuse([*_VAR_KEYS, "layers", "convention"])
-        defaults = VarConfig(rho=rho, tau=tau)
+        refuse([*_VAR_KEYS, "layers", "convention", "preset"])
+        preset = options.get("preset", "paper")
+        if preset not in PRESETS:
+            raise ValueError(f"Condition {token!r}: preset is {' or '.join(PRESETS)}.")
+        # The paper preset takes the run's rho and tau; the official one is fixed.
+        defaults = VarConfig(rho=rho, tau=tau) if preset == "paper" else VarConfig.preset(preset)
         values: dict[str, Any] = {}
         try:
             for key, attr in _VAR_KEYS.items():
@@ -235,6 +241,7 @@ def _build_condition(
             ]
             if getattr(config, attr) != getattr(defaults, attr)
         ]
+        shown = ([f"preset={preset}"] if preset != "paper" else []) + shown
         return [Condition("var" + (":" + ",".join(shown) if shown else ""), "var", var=config)]
     if head.startswith("ablate-"):
         target = head.removeprefix("ablate-")
@@ -726,7 +733,11 @@ def evaluate(
 
         def find_dims() -> dict[str, Any] | None:
             needed = collect_stats or any(c.needs_dims for c in parsed)
-            return _resolve_dims(model, items, dims, n_calibration) if needed else None
+            # The official VAR preset fixes the dims per model from the registry.
+            registry_only = any(c.var is not None and c.var.registry_dims for c in parsed)
+            return (
+                _resolve_dims(model, items, dims, n_calibration, registry_only) if needed else None
+            )
 
         session = {"world_size": shard.world_size, "batch_size": batch_size, "limit": limit}
         _start_session(
@@ -899,7 +910,11 @@ def _open_manifest(run: Path, identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve_dims(
-    model: LoadedModel, items: Sequence[Item], dims: Sequence[int] | None, n_calibration: int
+    model: LoadedModel,
+    items: Sequence[Item],
+    dims: Sequence[int] | None,
+    n_calibration: int,
+    registry_only: bool = False,
 ) -> dict[str, Any]:
     """Sink dims for the whole run, decided once and stored in the manifest."""
     from analysis.dims import registry_entry, sink_dims
@@ -907,6 +922,12 @@ def _resolve_dims(
 
     if dims is not None:
         return {"dims": sink_dims(model, dims=dims), "source": "explicit", "calibration": []}
+    if registry_only:
+        return {
+            "dims": sink_dims(model, registry_only=True),
+            "source": "registry",
+            "calibration": [],
+        }
     calibration: list[Item] = []
     for item in items:
         if item.image_name not in {c.image_name for c in calibration}:
