@@ -101,3 +101,17 @@ def test_generate_official_preset_needs_registry_or_explicit_dims(heavy, tmp_pat
     result, output = _run(*args, "--preset", "authors")
     assert result.exit_code == 2, output
     assert "Unknown VAR preset 'authors'" in output
+
+
+def test_dims_warns_when_a_registry_model_disagrees(heavy, monkeypatch):
+    from analysis.loading import load_model
+
+    name = load_model(heavy / "model", device="cpu").name_or_path
+    fake = {"key": "fake", "dims": [40, 41], "model_ids": [name], "d_model": 2048}
+    monkeypatch.setattr("analysis.dims.load_registry", lambda: [fake])
+    images = [a for p in image_paths(heavy) for a in ("--images", p)]
+    result, output = _run("dims", heavy / "model", *images, "--prompt", PROMPT)
+    assert result.exit_code == 0, output
+    flat = " ".join(output.split())
+    assert "registry (fake): [40, 41] -> DISAGREES" in flat
+    assert "warning: discovered [1415, 1900] differ from the registry's [40, 41]" in flat

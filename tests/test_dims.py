@@ -21,7 +21,7 @@ from analysis.dims import (
     registry_entry,
     sink_dims,
 )
-from analysis.testing.planted import DELIMITER
+from analysis.testing.planted import DELIMITER, sink_truth
 from analysis.tokens import build_batch
 
 PLANTED_DIMS = (5, 41)
@@ -225,6 +225,11 @@ def test_zoo_discovers_exactly_the_planted_dims(planted):
     (its bias decoy, rejected as a bias) and ``sink_dims`` refuses.
     """
     spec = planted.spec
+    if spec.visual_sink_fraction >= 0.5:
+        # A sink-heavy member: its dims are large on over a quarter of all tokens,
+        # which the old rule (max_token_fraction 0.25) took for a bias.
+        truth = sink_truth(spec, planted.cells, planted.inputs)[:, spec.first_sink_layer]
+        assert int(truth.sum()) > 0.25 * int(planted.inputs.stack("attention_mask").sum())
     if spec.has_sinks:
         with warnings.catch_warnings():
             warnings.simplefilter("error", NoSinkDimsWarning)
