@@ -36,8 +36,8 @@ The circuit (every other weight is 0):
   dark cells and the embeddings carry it on BOS / the delimiter, so sinks exist
   from layer 0. Nothing else writes to the residual stream (attention values
   are 0), so phi is constant from the first sink layer on: about
-  ``sqrt(d_model / sum(scale^2))`` (>= 27 at d_model 1024) on sinks, below 3
-  elsewhere.
+  ``sqrt(d_model / sum(scale^2))`` (>= 27 at d_model 1024) on sinks and 0
+  elsewhere (the noise never touches a sink dim).
 - Attention from the first sink layer on: queries read ``ONE``. Sink heads'
   keys read the first sink dim so that 99.5% of each text query's attention
   lands on the sinks. Planted image-centric heads' keys read ``OBJ`` and the
@@ -334,17 +334,17 @@ def _unit_rgb(shade: tuple[int, int, int]) -> np.ndarray:
     return (np.asarray(shade, dtype=np.float64) / 255.0 - 0.5) / 0.5
 
 
-# Detectors on normalised colour u = (r, g, b): fire above 0 on one class only.
+# Detectors on normalised colour u = (r, g, b): w . u + b > 0 on one class only.
+DARK_W, DARK_B = -np.ones(3) / 3, -0.2  # dark gray: the sink cells
+YELLOW_W, YELLOW_B = np.array([0.5, 0.5, -1.0]), -0.8  # the object colour
+
+
 def _dark(u: np.ndarray) -> float:
-    return float(-u.mean() - 0.2)
+    return float(DARK_W @ u + DARK_B)
 
 
 def _yellow(u: np.ndarray) -> float:
-    return float((u[0] + u[1]) / 2 - u[2] - 0.8)
-
-
-DARK_W, DARK_B = -np.ones(3) / 3, -0.2
-YELLOW_W, YELLOW_B = np.array([0.5, 0.5, -1.0]), -0.8
+    return float(YELLOW_W @ u + YELLOW_B)
 
 
 # ----------------------------------------------------------------------------- ground truth
