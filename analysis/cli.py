@@ -748,6 +748,9 @@ def eval_(
     rho: Annotated[
         float, typer.Option(help="Minimum visual non-sink ratio (heads, VAR default).")
     ] = 0.5,
+    preset: Annotated[
+        str, typer.Option(help="VAR preset of var conditions: paper (default) or official.")
+    ] = "paper",
     dims: DimsOpt = None,
     calibration_items: Annotated[
         int, typer.Option(help="Distinct images used to discover sink dims when needed.")
@@ -781,6 +784,7 @@ def eval_(
         dims=parse_dims(dims),
         tau=tau,
         rho=rho,
+        var_preset=preset,
         seed=seed,
         collect_stats=stats,
         n_calibration=calibration_items,

@@ -163,6 +163,7 @@ def parse_conditions(
     *,
     tau: float = DEFAULT_TAU,
     rho: float = 0.5,
+    preset: str = "paper",
 ) -> list[Condition]:
     """Conditions from specs like ``baseline,var,var:p=0.3,rho=0.8,ablate-sinks,ablate-random``.
 
@@ -171,6 +172,7 @@ def parse_conditions(
       (defaults: p 0.6, the run's ``rho`` and ``tau``, layers 2 .. L-2);
       ``var:preset=official[,..]`` starts from the official preset instead
       (:meth:`analysis.var.VarConfig.preset`; the run's rho and tau do not apply);
+      ``preset`` is the one a ``var`` without ``preset=`` starts from;
     * ``ablate-{sinks,random,nonsink,visual}[:mode=pre|post,layers=..]``:
       attention knock-out; ``ablate-random:draws=K`` expands into K seeded
       draws named ``ablate-random[k]``.
@@ -188,7 +190,7 @@ def parse_conditions(
             if not sep or not value.strip():
                 raise ValueError(f"Condition {token!r}: option {pair!r} must be key=value.")
             options[key.strip().lower()] = value.strip()
-        conditions += _build_condition(head, options, token, tau=tau, rho=rho)
+        conditions += _build_condition(head, options, token, tau=tau, rho=rho, preset=preset)
     if not conditions:
         raise ValueError("No conditions given; e.g. --conditions baseline,var,ablate-sinks.")
     names = [c.name for c in conditions]
@@ -199,7 +201,7 @@ def parse_conditions(
 
 
 def _build_condition(
-    head: str, options: dict[str, str], token: str, *, tau: float, rho: float
+    head: str, options: dict[str, str], token: str, *, tau: float, rho: float, preset: str
 ) -> list[Condition]:
     def refuse(allowed: Iterable[str]) -> None:
         unknown = sorted(set(options) - set(allowed))
@@ -213,7 +215,7 @@ def _build_condition(
         return [Condition("baseline", "baseline")]
     if head == "var":
         refuse([*_VAR_KEYS, "layers", "convention", "preset"])
-        preset = options.get("preset", "paper")
+        preset = options.get("preset", preset)
         if preset not in PRESETS:
             raise ValueError(f"Condition {token!r}: preset is {' or '.join(PRESETS)}.")
         # The paper preset takes the run's rho and tau; the official one is fixed.
@@ -671,6 +673,7 @@ def evaluate(
     level: float = 0.95,
     dataset: dict[str, Any] | None = None,
     show_progress: bool = True,
+    var_preset: str = "paper",
 ) -> EvalResult:
     """Evaluate every condition on ``items`` (the first ``limit``), resumably, into ``out``.
 
@@ -691,6 +694,8 @@ def evaluate(
         collect_stats: per-item sink counts and head scores in the baseline pass.
         n_boot, level: bootstrap resamples and CI level of the summary.
         dataset: description of the source (paths) stored in the manifest.
+        var_preset: the VAR preset (``paper`` or ``official``) of ``var`` conditions
+            that do not name one.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -703,7 +708,7 @@ def evaluate(
     if bad:
         raise DatasetError(f"Labels {bad} are not among the answers {answers}.")
     answer_token_ids(model, answers)  # fails early when answers share a first token
-    parsed = _conditions(conditions, tau=tau, rho=rho)
+    parsed = _conditions(conditions, tau=tau, rho=rho, preset=var_preset)
     for condition in parsed:
         condition.check_layers(model.n_layers)
     bad_dims = [d for d in dims or () if not 0 <= int(d) < model.d_model]
@@ -793,14 +798,16 @@ Pending = tuple[int, Item, list[Condition]]  # (dataset index, item, conditions 
 
 
 def _conditions(
-    conditions: str | Sequence[str | Condition], *, tau: float, rho: float
+    conditions: str | Sequence[str | Condition], *, tau: float, rho: float, preset: str = "paper"
 ) -> list[Condition]:
     specs = [conditions] if isinstance(conditions, str) else list(conditions)
     parsed = [
         c
         for spec in specs
         for c in (
-            [spec] if isinstance(spec, Condition) else parse_conditions(spec, tau=tau, rho=rho)
+            [spec]
+            if isinstance(spec, Condition)
+            else parse_conditions(spec, tau=tau, rho=rho, preset=preset)
         )
     ]
     names = [c.name for c in parsed]

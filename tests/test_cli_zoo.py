@@ -115,3 +115,19 @@ def test_dims_warns_when_a_registry_model_disagrees(heavy, monkeypatch):
     flat = " ".join(output.split())
     assert "registry (fake): [40, 41] -> DISAGREES" in flat
     assert "warning: discovered [1415, 1900] differ from the registry's [40, 41]" in flat
+
+
+def test_eval_preset_official_uses_registry_or_explicit_dims(heavy, tmp_path):
+    spec, _ = load_spec(heavy)
+    base = ["eval", heavy / "model", "--images", heavy / "images", "--prompt", PROMPT]
+    base += ["--max-new-tokens", 0, "--no-progress", "--no-stats", "--conditions", "baseline,var"]
+    result, output = _run(*base, "--preset", "official", "--out", tmp_path / "a")
+    assert result.exit_code == 2, output
+    assert "takes the sink dims from the registry" in output
+    dims = ",".join(str(d) for d in spec.sink_dims)
+    out = tmp_path / "b"
+    result, output = _run(*base, "--preset", "official", "--dims", dims, "--out", out)
+    assert result.exit_code == 0, output
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = [c["name"] for c in manifest["config"]["conditions"]]
+    assert names == ["baseline", "var:preset=official"]

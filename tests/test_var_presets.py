@@ -263,3 +263,11 @@ def test_eval_condition_grammar_names_the_preset():
     assert same.name == "var:preset=official"
     with pytest.raises(ValueError, match="preset is paper or official"):
         parse_conditions("var:preset=authors")
+
+
+def test_run_level_preset_applies_to_var_conditions_that_name_none():
+    official, paper = parse_conditions("var,var:preset=paper", preset="official")
+    assert official.name == "var:preset=official"
+    assert official.var == OFFICIAL
+    assert paper.name == "var"
+    assert paper.var == PAPER
