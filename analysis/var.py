@@ -58,6 +58,9 @@ __all__ = [
 ]
 
 
+RULES = ("paper", "official")  # the values of VarConfig.convention and .selection
+
+
 @dataclass(frozen=True)
 class VarConfig:
     """Settings of VAR. Two named presets (:meth:`preset`); ``VarConfig()`` is ``paper``.
@@ -108,7 +111,7 @@ class VarConfig:
         if self.tau <= 0:
             raise ValueError(f"tau must be positive, got {self.tau}.")
         for name in ("convention", "selection"):
-            if getattr(self, name) not in PRESETS:
+            if getattr(self, name) not in RULES:
                 raise ValueError(
                     f"VAR {name} must be paper or official, got {getattr(self, name)!r}."
                 )
