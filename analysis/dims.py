@@ -118,7 +118,7 @@ class DimThresholds:
 
     def __post_init__(self) -> None:
         check_settings(min_ratio=self.min_ratio, min_abs=self.min_abs)
-        for name in ("max_token_fraction", "min_layer_fraction"):
+        for name in ("max_text_fraction", "min_layer_fraction"):
             FRACTION.check(name, getattr(self, name))
         check_layers("first_layer", [self.first_layer])
 

@@ -266,3 +266,10 @@ def test_zoo_discovers_exactly_the_planted_dims(planted):
         assert spec.bias_dim not in result.dims
         assert float(result.text_fraction[:, spec.bias_dim].min()) == 1.0
         assert float(result.ratio()[:, spec.bias_dim].min()) >= result.thresholds.min_ratio
+
+
+@pytest.mark.parametrize("field", ["max_text_fraction", "min_layer_fraction"])
+def test_threshold_fractions_are_validated(field):
+    with pytest.raises(ValueError, match=field):
+        DimThresholds(**{field: 1.5})
+    DimThresholds(**{field: 0.25})
