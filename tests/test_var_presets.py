@@ -51,7 +51,7 @@ def test_presets_side_by_side():
     assert VarConfig.preset("official", p=0.3).preset_name is None
     with pytest.raises(ValueError, match="Unknown VAR preset 'authors'"):
         VarConfig.preset("authors")
-    with pytest.raises(ValueError, match="selection must be paper or official"):
+    with pytest.raises(ValueError, match="selection must be one of paper, official"):
         VarConfig(selection="exact")
 
 
