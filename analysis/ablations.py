@@ -178,18 +178,23 @@ def variant_rows(
     rho: float,
     min_image_attention: float,
     scores: Float[torch.Tensor, "batch head query"] | None = None,
+    image_rows: Bool[torch.Tensor, "batch head query"] | None = None,
 ) -> Bool[torch.Tensor, "batch head query"]:
-    """The rows a variant redistributes (``scores``: the random draws, for ``random``)."""
+    """The rows a variant redistributes (``scores``: the random draws, for ``random``;
+    ``image_rows``: the image-centric rows when another rule chose them, e.g. the
+    official preset's selection)."""
     if variant.rows == "all":
         return all_rows(pattern, visual=visual, sinks=sinks, queries=queries)
-    chosen = image_centric_rows(
-        pattern,
-        visual=visual,
-        sinks=sinks,
-        queries=queries,
-        rho=rho,
-        min_image_attention=min_image_attention,
-    )
+    chosen = image_rows
+    if chosen is None:
+        chosen = image_centric_rows(
+            pattern,
+            visual=visual,
+            sinks=sinks,
+            queries=queries,
+            rho=rho,
+            min_image_attention=min_image_attention,
+        )
     if variant.rows == "random":
         if scores is None:
             raise ValueError("random rows need the random scores.")
@@ -209,6 +214,7 @@ def apply_variant(
     rho: float,
     min_image_attention: float,
     scores: Float[torch.Tensor, "batch head query"] | None = None,
+    image_rows: Bool[torch.Tensor, "batch head query"] | None = None,
 ) -> tuple[
     Float[torch.Tensor, "batch head query key"],
     Bool[torch.Tensor, "batch head query"],
@@ -224,6 +230,7 @@ def apply_variant(
         rho=rho,
         min_image_attention=min_image_attention,
         scores=scores,
+        image_rows=image_rows,
     )
     target = TARGETS[variant.to](visual, sinks, valid)
     return redistribute_to(pattern, sinks=sinks, target=target, rows=rows, p=p)
@@ -284,6 +291,7 @@ class VariantIntervention(VarIntervention):
         has_visual_sink: torch.Tensor,
         queries: torch.Tensor,
         window: slice,
+        selected: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device = part.device
         visual, sinks = masks[..., 0] > 0, masks[..., 2] > 0
@@ -304,6 +312,7 @@ class VariantIntervention(VarIntervention):
             rho=self._rho,
             min_image_attention=self.config.min_image_attention,
             scores=scores,
+            image_rows=selected,
         )
 
 

@@ -336,13 +336,15 @@ def calibration(loaded: Any, paths: list[Path], prompt: str) -> list[Any]:
     return [build_inputs(loaded, path, prompt) for path in paths]
 
 
-def resolve_dims(loaded: Any, dims: str | None, batches: list[Any]) -> list[int]:
+def resolve_dims(
+    loaded: Any, dims: str | None, batches: list[Any], registry_only: bool = False
+) -> list[int]:
     from analysis.dims import sink_dims
 
     explicit = parse_dims(dims)
     if explicit is not None:
         return sink_dims(loaded, dims=explicit)
-    return sink_dims(loaded, batches)
+    return sink_dims(loaded, batches, registry_only=registry_only)
 
 
 @app.command()
@@ -370,7 +372,12 @@ def dims(
     paths = image_paths(images, model)
     loaded = load(model, device, dtype, max_length=max_length)
     batches = calibration(loaded, paths, prompt)
-    result = discover_dims(loaded, batches, thresholds=thresholds)
+    result = discover_dims(
+        loaded,
+        batches,
+        thresholds=thresholds,
+        warn=False,  # said below, on stderr, in full
+    )
     table = Table(title=f"sink dims over {len(paths)} images")
     for column in ("dim", "score", "peak/median BOS", "visual", "text"):
         table.add_column(column)
@@ -384,11 +391,19 @@ def dims(
         )
     console.print(table)
     console.print(f"dims: {result.dims}" + ("" if result.dims else " (none is massive; top shown)"))
+    if not result.dims:
+        err_console.print(f"[bold yellow]warning:[/] {result.explain_none()}", soft_wrap=True)
     if result.registry is not None:
         verdict = "agrees" if result.agrees_with_registry else "DISAGREES"
         console.print(
             escape(f"registry ({result.registry['key']}): {result.registry['dims']} -> {verdict}")
         )
+        if not result.agrees_with_registry:
+            err_console.print(
+                f"[bold yellow]warning:[/] discovered {result.dims} differ from the registry's "
+                f"{result.registry['dims']}; commands use the registry's unless --dims is given.",
+                soft_wrap=True,
+            )
     payload = result.to_json()
     payload["config"]["images"] = [str(p) for p in paths]
     write_json(json_out, payload)
@@ -473,9 +488,18 @@ def generate(
     image: Annotated[Path | None, typer.Option(help="Image file (default: a demo image).")] = None,
     prompt: PromptOpt = "Is there a red object in the image?",
     var: Annotated[bool, typer.Option("--var", help="Also generate with VAR.")] = False,
-    p: Annotated[float, typer.Option(help="VAR: fraction of sink attention moved.")] = 0.6,
-    rho: Annotated[float, typer.Option(help="VAR: minimum visual non-sink ratio.")] = 0.5,
-    tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = 20.0,
+    preset: Annotated[
+        str, typer.Option(help="VAR preset: paper (default) or official (the authors' code).")
+    ] = "paper",
+    p: Annotated[
+        float | None,
+        typer.Option(help="VAR p (default 0.6): paper preset moves p, official keeps p."),
+    ] = None,
+    rho: Annotated[
+        float | None,
+        typer.Option(help="VAR rho (default 0.5): paper min r, official max sink fraction."),
+    ] = None,
+    tau: Annotated[float | None, typer.Option(help="phi threshold (default 20).")] = None,
     dims: DimsOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 16,
     device: DeviceOpt = None,
@@ -491,12 +515,18 @@ def generate(
 
     # Every setting is checked before loading: --var --p 1.5 never generates a baseline.
     check_settings(max_new_tokens=max_new_tokens, max_length=max_length)
-    config = VarConfig(p=p, rho=rho, tau=tau) if var else None
+    given = {"p": p, "rho": rho, "tau": tau}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    config = VarConfig.preset(preset, **overrides) if var else None
     parse_dims(dims)
     check_outputs(json_out=json_out)
     path = single_image(image, model)
     loaded = load(model, device, dtype, max_length=max_length)
     inputs = calibration(loaded, [path], prompt)[0]
+    # Refuse before any work when VAR has no sink dims to use.
+    chosen = (
+        resolve_dims(loaded, dims, [inputs], config.registry_dims) if config is not None else None
+    )
     baseline = run_generate(loaded, inputs, max_new_tokens=max_new_tokens)
     payload: dict[str, Any] = {
         "baseline": baseline.texts[0],
@@ -510,7 +540,6 @@ def generate(
     }
     console.print(f"[bold]baseline:[/] {escape(baseline.texts[0])}")
     if config is not None:
-        chosen = resolve_dims(loaded, dims, [inputs])
         intervention = VarIntervention(loaded, inputs, dims=chosen, config=config)
         answer = run_generate(
             loaded, inputs, max_new_tokens=max_new_tokens, fwd_hooks=intervention.fwd_hooks()
@@ -1011,6 +1040,9 @@ def eval_(
     rho: Annotated[
         float, typer.Option(help="Minimum visual non-sink ratio (heads, VAR default).")
     ] = 0.5,
+    preset: Annotated[
+        str, typer.Option(help="VAR preset of var conditions: paper (default) or official.")
+    ] = "paper",
     dims: DimsOpt = None,
     calibration_items: Annotated[
         int, typer.Option(help="Distinct images used to discover sink dims when needed.")
@@ -1055,6 +1087,7 @@ def eval_(
         dims=parse_dims(dims),
         tau=tau,
         rho=rho,
+        var_preset=preset,
         seed=seed,
         collect_stats=stats,
         n_calibration=calibration_items,

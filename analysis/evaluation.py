@@ -78,7 +78,7 @@ from analysis.heads import RHO_PRESETS, HeadStatsHooks
 from analysis.results import ResultMixin, provenance, to_jsonable
 from analysis.sinks import DEFAULT_TAU
 from analysis.tokens import build_batch
-from analysis.var import VarConfig, VarIntervention
+from analysis.var import PRESETS, VarConfig, VarIntervention
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
@@ -203,12 +203,16 @@ def parse_conditions(
     *,
     tau: float = DEFAULT_TAU,
     rho: float = 0.5,
+    preset: str = "paper",
 ) -> list[Condition]:
     """Conditions from specs like ``baseline,var,var:p=0.3,rho=0.8,ablate-sinks,ablate-random``.
 
     * ``baseline``: no intervention;
     * ``var[:p=..,rho=..,s=..,tau=..,layers=2-4,convention=official]``: VAR
       (defaults: p 0.6, the run's ``rho`` and ``tau``, layers 2 .. L-2);
+      ``var:preset=official[,..]`` starts from the official preset instead
+      (:meth:`analysis.var.VarConfig.preset`; the run's rho and tau do not apply);
+      ``preset`` is the one a ``var`` without ``preset=`` starts from;
       ``rho_preset=general|hallucination|vision-centric`` sets rho to the paper's
       value for that task family (0.8, 0.5, 0.9);
     * the paper's ablations (:mod:`analysis.ablations`): ``var:rows=all|random``
@@ -234,7 +238,7 @@ def parse_conditions(
             if not sep or not value.strip():
                 raise ValueError(f"Condition {token!r}: option {pair!r} must be key=value.")
             options[key.strip().lower()] = value.strip()
-        conditions += _build_condition(head, options, token, tau=tau, rho=rho)
+        conditions += _build_condition(head, options, token, tau=tau, rho=rho, preset=preset)
     if not conditions:
         raise ValueError("No conditions given; e.g. --conditions baseline,var,ablate-sinks.")
     names = [c.name for c in conditions]
@@ -245,7 +249,7 @@ def parse_conditions(
 
 
 def _build_condition(
-    head: str, options: dict[str, str], token: str, *, tau: float, rho: float
+    head: str, options: dict[str, str], token: str, *, tau: float, rho: float, preset: str
 ) -> list[Condition]:
     def refuse(allowed: Iterable[str]) -> None:
         unknown = sorted(set(options) - set(allowed))
@@ -258,8 +262,12 @@ def _build_condition(
         refuse(())
         return [Condition("baseline", "baseline")]
     if head == "var":
-        refuse([*_VAR_KEYS, "layers", "convention", "rows", "to", "rho_preset"])
-        defaults = VarConfig(rho=rho, tau=tau)
+        refuse([*_VAR_KEYS, "layers", "convention", "preset", "rows", "to", "rho_preset"])
+        preset = options.get("preset", preset)
+        if preset not in PRESETS:
+            raise ValueError(f"Condition {token!r}: preset is {' or '.join(PRESETS)}.")
+        # The paper preset takes the run's rho and tau; the official one is fixed.
+        defaults = VarConfig(rho=rho, tau=tau) if preset == "paper" else VarConfig.preset(preset)
         values: dict[str, Any] = {}
         if "rho_preset" in options:
             if "rho" in options:
@@ -299,6 +307,7 @@ def _build_condition(
             ]
             if getattr(config, attr) != getattr(defaults, attr)
         ]
+        shown = ([f"preset={preset}"] if preset != "paper" else []) + shown
         shown += [f"rows={rows}"] if rows != DEFAULT_ROWS else []
         shown += [f"to={target}"] if target != DEFAULT_TARGET else []
         name = "var" + (":" + ",".join(shown) if shown else "")
@@ -734,6 +743,7 @@ def evaluate(
     dataset: dict[str, Any] | None = None,
     show_progress: bool = True,
     force: bool = False,
+    var_preset: str = "paper",
 ) -> EvalResult:
     """Evaluate every condition on ``items`` (the first ``limit``), resumably, into ``out``.
 
@@ -760,6 +770,8 @@ def evaluate(
         dataset: description of the source (paths) stored in the manifest.
         force: take over the run folder's lock even when its owner seems alive
             (a stale lock, whose process is gone, is taken over anyway).
+        var_preset: the VAR preset (``paper`` or ``official``) of ``var`` conditions
+            that do not name one.
     """
     check_settings(
         batch_size=batch_size,
@@ -794,7 +806,7 @@ def evaluate(
         if bad:
             raise DatasetError(f"Labels {bad} are not among the answers {answers}.")
     answer_token_ids(model, answers)  # fails early when answers share a first token
-    parsed = _conditions(conditions, tau=tau, rho=rho)
+    parsed = _conditions(conditions, tau=tau, rho=rho, preset=var_preset)
     for condition in parsed:
         condition.check_layers(model.n_layers)
     bad_dims = [d for d in dims or () if not 0 <= int(d) < model.d_model]
@@ -881,7 +893,11 @@ def _evaluate_locked(
 
         def find_dims() -> dict[str, Any] | None:
             needed = collect_stats or any(c.needs_dims for c in parsed)
-            return _resolve_dims(model, items, dims, n_calibration) if needed else None
+            # The official VAR preset fixes the dims per model from the registry.
+            registry_only = any(c.var is not None and c.var.registry_dims for c in parsed)
+            return (
+                _resolve_dims(model, items, dims, n_calibration, registry_only) if needed else None
+            )
 
         session = {"world_size": shard.world_size, "batch_size": batch_size, "limit": limit}
         _start_session(
@@ -952,14 +968,16 @@ Pending = tuple[int, Item, list[Condition]]  # (dataset index, item, conditions 
 
 
 def _conditions(
-    conditions: str | Sequence[str | Condition], *, tau: float, rho: float
+    conditions: str | Sequence[str | Condition], *, tau: float, rho: float, preset: str = "paper"
 ) -> list[Condition]:
     specs = [conditions] if isinstance(conditions, str) else list(conditions)
     parsed = [
         c
         for spec in specs
         for c in (
-            [spec] if isinstance(spec, Condition) else parse_conditions(spec, tau=tau, rho=rho)
+            [spec]
+            if isinstance(spec, Condition)
+            else parse_conditions(spec, tau=tau, rho=rho, preset=preset)
         )
     ]
     names = [c.name for c in parsed]
@@ -1073,7 +1091,11 @@ def _open_manifest(run: Path, identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve_dims(
-    model: LoadedModel, items: Sequence[Item], dims: Sequence[int] | None, n_calibration: int
+    model: LoadedModel,
+    items: Sequence[Item],
+    dims: Sequence[int] | None,
+    n_calibration: int,
+    registry_only: bool = False,
 ) -> dict[str, Any]:
     """Sink dims for the whole run, decided once and stored in the manifest."""
     from analysis.dims import registry_entry, sink_dims
@@ -1081,6 +1103,12 @@ def _resolve_dims(
 
     if dims is not None:
         return {"dims": sink_dims(model, dims=dims), "source": "explicit", "calibration": []}
+    if registry_only:
+        return {
+            "dims": sink_dims(model, registry_only=True),
+            "source": "registry",
+            "calibration": [],
+        }
     calibration: list[Item] = []
     for item in items:
         if item.image_name not in {c.image_name for c in calibration}:

@@ -46,6 +46,13 @@ def phi(
     return (x.index_select(-1, index).abs() / rms[..., None]).amax(-1)
 
 
+def sink_mask(
+    phi_values: Float[torch.Tensor, "*batch"], tau: float, *, strict: bool = False
+) -> Bool[torch.Tensor, "*batch"]:
+    """Sink tokens: ``phi >= tau`` (the paper), or ``phi > tau`` with ``strict`` (its code)."""
+    return phi_values > tau if strict else phi_values >= tau
+
+
 @dataclass
 class SinkResult(ResultMixin):
     """phi for every token at every layer input, plus the token layout to read it.

@@ -26,14 +26,15 @@ from jaxtyping import Bool
 
 from analysis import hooks
 from analysis.capture import AttentionMaps, HookFn, attention_maps, forward
-from analysis.checks import check_choice, check_layers, check_settings
+from analysis.checks import ConfigError, check_choice, check_layers, check_settings
 from analysis.results import ResultMixin
-from analysis.sinks import DEFAULT_TAU, phi
+from analysis.sinks import DEFAULT_TAU, phi, sink_mask
 from analysis.var_math import (
     Convention,
     image_attention_stats,
     key_category,
     key_masks,
+    official_selection,
     redistribute_attention,
     redistribute_attention_with_stats,
     redistribute_with_tables,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from analysis.tokens import ModelInputs
 
 __all__ = [
+    "PRESETS",
     "VarConfig",
     "VarIntervention",
     "VarRecord",
@@ -58,16 +60,39 @@ __all__ = [
 ]
 
 
+# The values of VarConfig.convention and VarConfig.selection.
 CONVENTIONS: tuple[str, ...] = get_args(Convention)
 
 
 @dataclass(frozen=True)
 class VarConfig:
-    """Settings of VAR (paper notation: ``p`` is the fraction of sink attention moved).
+    """Settings of VAR. Two named presets (:meth:`preset`); ``VarConfig()`` is ``paper``.
 
-    ``layers=None`` means the paper's default: layers 2 .. L-2 (sinks exist from
-    layer 2 on; the last layer is excluded). Rows in samples whose layer input
-    has no visual sink are left alone by the selection rule.
+    ``paper`` (the default) follows the paper's text: ``p`` is the fraction of
+    sink attention moved, a row is image-centric when ``s >= 0.2`` and
+    ``r >= rho`` (float32), sinks have ``phi >= tau``, VAR runs in layers
+    2 .. L-2 and the sink dims come from the registry or discovery.
+
+    ``official`` reproduces the authors' code (MICV-yonsei/VisAttnSink,
+    98e62d6) all at once: ``p`` and ``rho`` as its config states them (p = 0.6
+    *keeps* 0.6 of sink attention and moves 0.4; rho = 0.5 caps the visual
+    sink fraction), the sink fraction with ``1e-6`` per visual key in its
+    denominator compared with ``<=``, ``s`` and the fraction in the
+    attention's own dtype, sinks with ``phi > tau``, layers 2 .. L-1 (its flag
+    to skip the last layer never takes effect) and the registry's sink dims.
+
+    Attributes:
+        p, rho: see ``convention``.
+        min_image_attention: minimum ``s`` of a selected row.
+        tau: phi threshold of sink tokens.
+        layers: VAR layers; None means 2 .. L-2, or 2 .. L-1 with ``last_layer``.
+        convention: ``paper`` (p moved, r >= rho) or ``official`` (p kept,
+            visual sink fraction <= rho).
+        selection: ``paper`` (r >= rho in float32) or ``official``
+            (:func:`analysis.var_math.official_selection`).
+        strict_tau: sinks are ``phi > tau`` instead of ``phi >= tau``.
+        last_layer: default layers include the last one.
+        registry_dims: sink dims come only from the registry (no discovery).
     """
 
     p: float = 0.6
@@ -76,20 +101,68 @@ class VarConfig:
     tau: float = DEFAULT_TAU
     layers: tuple[int, ...] | None = None
     convention: Convention = "paper"
+    selection: Convention = "paper"
+    strict_tau: bool = False
+    last_layer: bool = False
+    registry_dims: bool = False
 
     def __post_init__(self) -> None:
         check_settings(p=self.p, rho=self.rho, min_image_attention=self.min_image_attention)
         check_settings(tau=self.tau)
         check_choice("VAR convention", self.convention, CONVENTIONS)
+        check_choice("VAR selection", self.selection, CONVENTIONS)
         check_layers("VAR layers", self.layers)
+        for name in ("strict_tau", "last_layer", "registry_dims"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"VAR {name} must be true or false, got {getattr(self, name)!r}.")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> VarConfig:
+        """The ``paper`` or ``official`` preset, with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown VAR preset {name!r}; choose from {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def preset_name(self) -> str | None:
+        """The preset this config equals on every field but ``layers``, if any."""
+        fields = {k: v for k, v in self.to_dict().items() if k != "layers"}
+        for name in PRESETS:
+            reference = {k: v for k, v in VarConfig.preset(name).to_dict().items() if k != "layers"}
+            if fields == reference:
+                return name
+        return None
+
+    @property
+    def moved_fraction(self) -> float:
+        """The fraction of sink attention moved in a selected row."""
+        return to_paper_convention(self.p, self.rho, self.convention)[0]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def default_var_layers(n_layers: int) -> list[int]:
-    """Layers 2 .. L-2: where sinks exist, without the last layer (the paper's rule)."""
-    return list(range(min(2, n_layers), max(n_layers - 1, 0)))
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "official": {
+        "p": 0.6,
+        "rho": 0.5,
+        "min_image_attention": 0.2,
+        "tau": DEFAULT_TAU,
+        "convention": "official",
+        "selection": "official",
+        "strict_tau": True,
+        "last_layer": True,
+        "registry_dims": True,
+    },
+}
+
+
+def default_var_layers(n_layers: int, last_layer: bool = False) -> list[int]:
+    """Layers 2 .. L-2 (the paper: sinks exist from layer 2 on, the last layer excluded),
+    or 2 .. L-1 with ``last_layer`` (the authors' code)."""
+    stop = n_layers if last_layer else n_layers - 1
+    return list(range(min(2, n_layers), max(stop, 0)))
 
 
 @dataclass
@@ -159,9 +232,14 @@ class VarIntervention:
         self.config = config or VarConfig()
         if dims is None and sinks is None:
             raise ValueError("VAR needs sink dims (or explicit sink positions).")
+        if dims is not None and not dims:
+            raise ValueError(
+                "VAR needs at least one sink dim: with none it would change nothing. "
+                "Pass dims explicitly or discover them (analysis.dims.sink_dims)."
+            )
         self.dims = None if dims is None else [int(d) for d in dims]
         layers = (
-            default_var_layers(model.n_layers)
+            default_var_layers(model.n_layers, self.config.last_layer)
             if self.config.layers is None
             else sorted({int(x) for x in self.config.layers})
         )
@@ -180,6 +258,10 @@ class VarIntervention:
         self._rows = {key: [0] * len(layers) for key in ("prefill_rows", "decode_rows")}
         self._p, self._rho = to_paper_convention(
             self.config.p, self.config.rho, self.config.convention
+        )
+        # The official row test caps the visual sink fraction at rho as its config states it.
+        self._max_sink_fraction = (
+            self.config.rho if self.config.convention == "official" else 1.0 - self.config.rho
         )
         self._query_rows = torch.nonzero(self.queries.any(dim=0)).flatten()
         self._n_queries = int(self.queries.sum())
@@ -203,7 +285,9 @@ class VarIntervention:
             if resid.shape[1] != self.prefill_len:
                 return  # a decoding step: keep the prefill's sinks
             assert self.dims is not None
-            sinks = (phi(resid, self.dims) >= self.config.tau) & self.valid.to(resid.device)
+            sinks = sink_mask(
+                phi(resid, self.dims), self.config.tau, strict=self.config.strict_tau
+            ) & self.valid.to(resid.device)
             self._sinks[layer] = sinks
             return
 
@@ -282,6 +366,16 @@ class VarIntervention:
                 part = pattern
                 queries = torch.ones(batch, n_query, dtype=torch.bool, device=device)
                 self._rows["decode_rows"][slot] += batch * n_query * n_heads
+            selected = None
+            if self.config.selection == "official":
+                selected = official_selection(
+                    part,
+                    masks=masks,
+                    has_visual_sink=has_visual_sink,
+                    queries=queries,
+                    max_sink_fraction=self._max_sink_fraction,
+                    min_image_attention=self.config.min_image_attention,
+                )
             new, changed, moved = self._redistribute(
                 layer,
                 part,
@@ -290,6 +384,7 @@ class VarIntervention:
                 has_visual_sink=has_visual_sink,
                 queries=queries,
                 window=window,
+                selected=selected,
             )
             phase = "prefill" if prefill else "decode"
             self._accumulate(f"{phase}_changed", slot, changed.sum((1, 2)))
@@ -308,10 +403,12 @@ class VarIntervention:
         has_visual_sink: torch.Tensor,
         queries: torch.Tensor,
         window: slice,
+        selected: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The redistribution of one call (VAR; :mod:`analysis.ablations` overrides it).
 
-        ``window`` is the keys' span in the sequence seen so far by ``layer``.
+        ``window`` is the keys' span in the sequence seen so far by ``layer``;
+        ``selected`` the rows of the official selection rule (None: the paper's).
         """
         return redistribute_with_tables(
             part,
@@ -322,6 +419,7 @@ class VarIntervention:
             p=self._p,
             rho=self._rho,
             min_image_attention=self.config.min_image_attention,
+            selected=selected,
         )
 
     # ------------------------------------------------------------------ records

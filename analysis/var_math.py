@@ -22,6 +22,13 @@ A row is redistributed only when it is an allowed query, ``s_i >= 0.2``,
 selects no head in a layer without one) and it has positive attention on
 non-sink visual keys (otherwise there is nowhere to put Omega).
 
+The authors' code selects rows differently (:func:`official_selection`): a
+visual *sink fraction* ``sum_{j in I_vis & I_sink} alpha_ij / (s_i + n_vis *
+1e-6) <= rho`` with ``s_i >= 0.2``, both computed in the attention's own dtype
+(fp16 in its runs, where 0.2 is 0.19995). The ``official`` preset of
+:class:`analysis.var.VarConfig` uses that rule; the redistribution itself is
+the same.
+
 Numerics: all arithmetic is float32 whatever the input dtype and the result is
 cast back, so fp16/bf16 patterns are handled without overflow or NaN.
 Unselected rows come back bit-identical (they are multiplied by exactly 1) and
@@ -41,9 +48,12 @@ import torch
 from jaxtyping import Bool, Float
 
 __all__ = [
+    "OFFICIAL_VISUAL_EPS",
     "image_attention_stats",
     "key_category",
     "key_masks",
+    "official_selection",
+    "official_sink_fraction",
     "redistribute_attention",
     "redistribute_attention_with_stats",
     "redistribute_with_tables",
@@ -52,6 +62,9 @@ __all__ = [
 ]
 
 Convention = Literal["paper", "official"]
+
+# The official code adds this much per visual key to the sink fraction's denominator.
+OFFICIAL_VISUAL_EPS = 1e-6
 
 # Key categories used to build the per-key multiplicative update with a gather.
 _OTHER, _SINK, _VISUAL_NON_SINK = 0, 1, 2
@@ -214,6 +227,56 @@ def _select(
     )
 
 
+def official_sink_fraction(
+    pattern: Float[torch.Tensor, "batch head query key"],
+    masks: Float[torch.Tensor, "batch key 3"],
+    visual_eps: float = OFFICIAL_VISUAL_EPS,
+) -> tuple[Float[torch.Tensor, "batch head query"], Float[torch.Tensor, "batch head query"]]:
+    """The authors' row statistics, in the pattern's own dtype (fp16 stays fp16).
+
+    Returns ``(s, fraction)`` with ``s = sum_{j in I_vis} alpha_ij`` and
+    ``fraction = sum_{j in I_vis & I_sink} alpha_ij / (s + n_vis * visual_eps)``,
+    ``n_vis`` the number of visual keys of the sample.
+    """
+    dtype = pattern.dtype
+    visual, visual_non_sink = masks[..., 0], masks[..., 1]
+    columns = torch.stack([visual, visual - visual_non_sink], dim=-1).to(dtype)
+    sums = torch.einsum("bhqk,bkm->bhqm", pattern, columns)
+    image, visual_sink = sums.unbind(dim=-1)
+    eps = (visual.sum(-1) * visual_eps).to(dtype)[:, None, None]
+    return image, visual_sink / (image + eps)
+
+
+def official_selection(
+    pattern: Float[torch.Tensor, "batch head query key"],
+    *,
+    masks: Float[torch.Tensor, "batch key 3"],
+    has_visual_sink: Bool[torch.Tensor, " batch"],
+    queries: Bool[torch.Tensor, "batch query"],
+    max_sink_fraction: float,
+    min_image_attention: float,
+    visual_eps: float = OFFICIAL_VISUAL_EPS,
+) -> Bool[torch.Tensor, "batch head query"]:
+    """Rows the authors' code redistributes (its rho is ``max_sink_fraction``).
+
+    ``s >= min_image_attention`` and ``fraction <= max_sink_fraction``, both
+    compared in the pattern's dtype (a Python threshold is rounded to it, so
+    in fp16 0.2 is 0.19995), plus the rules every selection shares: an allowed
+    query, a visual sink in the sample, some non-sink visual attention.
+    """
+    _check_fraction("max_sink_fraction", max_sink_fraction)
+    _check_fraction("min_image_attention", min_image_attention)
+    image, fraction = official_sink_fraction(pattern, masks, visual_eps)
+    visual_non_sink = torch.einsum("bhqk,bk->bhq", pattern.to(torch.float32), masks[..., 1])
+    return (
+        queries[:, None, :]
+        & has_visual_sink[:, None, None]
+        & (image >= min_image_attention)
+        & (fraction <= max_sink_fraction)
+        & (visual_non_sink > 0)
+    )
+
+
 def redistribution_rows(
     pattern: Float[torch.Tensor, "batch head query key"],
     *,
@@ -324,6 +387,7 @@ def redistribute_with_tables(
     p: float,
     rho: float,
     min_image_attention: float,
+    selected: Bool[torch.Tensor, "batch head query"] | None = None,
 ) -> tuple[
     Float[torch.Tensor, "batch head query key"],
     Bool[torch.Tensor, "batch head query"],
@@ -334,15 +398,21 @@ def redistribute_with_tables(
     The hook (:mod:`analysis.var`) builds ``masks``, ``category`` and
     ``has_visual_sink`` once per layer and calls this on every step, so a
     decoding step costs a few small kernels and no mask rebuilding.
+    ``selected`` replaces the paper's row test (e.g. :func:`official_selection`);
+    ``rho`` is then unused.
     """
     image, visual_non_sink, sink_mass = _masked_sums(pattern, masks)
-    changed = _select(
-        image,
-        visual_non_sink,
-        has_visual_sink=has_visual_sink,
-        queries=queries,
-        rho=rho,
-        min_image_attention=min_image_attention,
+    changed = (
+        _select(
+            image,
+            visual_non_sink,
+            has_visual_sink=has_visual_sink,
+            queries=queries,
+            rho=rho,
+            min_image_attention=min_image_attention,
+        )
+        if selected is None
+        else selected
     )
     moved = torch.where(changed, p * sink_mass, 0.0)
     safe_denominator = torch.where(changed, visual_non_sink, 1.0)

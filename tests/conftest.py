@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -21,7 +23,10 @@ import torch
 from PIL import Image
 
 from analysis.loading import DEMO_MODEL_DIR, LoadedModel, load_model
+from analysis.testing.planted import PROMPT, ZOO, PlantedSpec, build_planted, load_spec
+from analysis.testing.planted import image_paths as planted_images
 from analysis.tiny import BUILDERS, build_tiny_model
+from analysis.tokens import ModelInputs, build_batch
 
 FAMILIES = sorted(BUILDERS)
 
@@ -69,3 +74,49 @@ def demo_model() -> LoadedModel:
 @pytest.fixture(scope="session")
 def demo_truth() -> dict:
     return json.loads((DEMO_MODEL_DIR.parent / "ground_truth.json").read_text())
+
+
+# ----------------------------------------------------------------------------- planted zoo
+
+
+@dataclass
+class ZooMember:
+    """One planted model of the zoo, loaded, with its images batched under the zoo prompt."""
+
+    spec: PlantedSpec
+    cells: list[np.ndarray]
+    path: Path
+    model: LoadedModel
+    inputs: ModelInputs
+
+    @property
+    def dims(self) -> list[int]:
+        return sorted(self.spec.sink_dims)
+
+
+@pytest.fixture(scope="session")
+def zoo_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every zoo member built once per test session."""
+    root = tmp_path_factory.mktemp("zoo")
+    return {spec.name: build_planted(spec, root / spec.name) for spec in ZOO}
+
+
+@pytest.fixture(scope="session")
+def _zoo_loaded() -> dict[str, ZooMember]:
+    return {}
+
+
+@pytest.fixture(params=[spec.name for spec in ZOO])
+def planted(
+    request: pytest.FixtureRequest, zoo_dirs: dict[str, Path], _zoo_loaded: dict[str, ZooMember]
+) -> ZooMember:
+    """Each zoo member in turn (loaded on first use, then kept for the session)."""
+    name = request.param
+    if name not in _zoo_loaded:
+        path = zoo_dirs[name]
+        spec, cells = load_spec(path)
+        model = load_model(path / "model", device="cpu")
+        images = [Image.open(p).convert("RGB") for p in planted_images(path)]
+        inputs = build_batch(model, [(image, PROMPT) for image in images])
+        _zoo_loaded[name] = ZooMember(spec, cells, path, model, inputs)
+    return _zoo_loaded[name]

@@ -14,6 +14,7 @@ from analysis.ablations import (
     random_rows_like,
     redistribute_to,
     var_intervention,
+    variant_rows,
 )
 from analysis.capture import forward
 from analysis.generation import generate
@@ -276,3 +277,38 @@ def test_random_heads_do_not_depend_on_the_batch(demo_model):
         assert prefill_a == pytest.approx(prefill_b, rel=1e-4)
         assert decode_a == pytest.approx(decode_b, rel=1e-4)
     assert together[0] != masses(prompts, ["other", "q1"])[0]  # the key seeds the draw
+
+
+def test_ablations_under_the_official_preset_use_its_selection(demo_model):
+    from analysis.evaluation import parse_conditions
+
+    names = [c.name for c in parse_conditions("var:preset=official,var-to-text:preset=official")]
+    assert names == ["var:preset=official", "var:preset=official,to=text"]
+    inputs = _demo_inputs(demo_model)
+    config = VarConfig.preset("official")
+    official = var_intervention(demo_model, inputs, dims=[337, 771], config=config)
+    forward(demo_model, inputs, official.fwd_hooks())
+    for variant in (Variant(to="text"), Variant(rows="random")):
+        other = var_intervention(
+            demo_model, inputs, dims=[337, 771], config=config, variant=variant,
+            sample_keys=["q0", "q1"],
+        )  # fmt: skip
+        forward(demo_model, inputs, other.fwd_hooks())
+        # The official selection's rows (or as many random ones), not the paper rule's.
+        assert _changed(other) == _changed(official)
+
+
+def test_given_image_rows_replace_the_paper_rule():
+    pattern, visual, sinks, valid, queries = _case(seed=4)
+    given = torch.zeros(pattern.shape[:3], dtype=torch.bool)
+    given[0, 1, 2] = given[1, 0, 3] = True
+    _, changed, _ = apply_variant(
+        Variant(to="visual"), pattern, visual=visual, sinks=sinks, valid=valid,
+        queries=queries, p=0.6, rho=0.5, min_image_attention=0.2, image_rows=given,
+    )  # fmt: skip
+    assert torch.equal(changed, given)
+    rows = variant_rows(
+        Variant(rows="random"), pattern, visual=visual, sinks=sinks, queries=queries,
+        rho=0.5, min_image_attention=0.2, scores=torch.rand(given.shape), image_rows=given,
+    )  # fmt: skip
+    assert torch.equal(rows.sum(1), given.sum(1))

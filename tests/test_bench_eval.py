@@ -21,7 +21,7 @@ from analysis.loading import DEMO_MODEL_DIR
 from analysis.scoring.runs import benchmark_summary
 
 IMAGES = DEMO_MODEL_DIR.parent / "images"
-CONDITIONS = "baseline,var,var:convention=official,var:rho_preset=general,var-all-heads,var-to-text"
+CONDITIONS = "baseline,var,var:preset=official,var:rho_preset=general,var-all-heads,var-to-text"
 
 
 def b64(name: str) -> str:
@@ -122,7 +122,7 @@ def test_mme_tsv_with_presets_and_ablations_in_one_run(runner, tmp_path):
     assert names == [
         "baseline",
         "var",
-        "var:convention=official",
+        "var:preset=official",
         "var:rho=0.8",
         "var:rows=all",
         "var:to=text",
@@ -170,7 +170,7 @@ def test_mme_tsv_with_presets_and_ablations_in_one_run(runner, tmp_path):
 def test_multiple_choice_by_letter_and_by_generation(runner, tmp_path):
     tsv = write_tsv(tmp_path / "mmb.tsv", choice_rows())
     out = tmp_path / "mmb"
-    conditions = "baseline,var,var:convention=official,var-all-heads,var-to-visual"
+    conditions = "baseline,var,var:preset=official,var-all-heads,var-to-visual"
     args = ["--benchmark", "mmbench", "--tsv", str(tsv), "--conditions", conditions]
     output, summary = _eval(runner, out, *args, "--max-new-tokens", "3", "--batch-size", "4")
     bench = summary["benchmark"]
@@ -188,7 +188,7 @@ def test_multiple_choice_by_letter_and_by_generation(runner, tmp_path):
         assert record["generated"] == right
         assert record["pred_generate"] == right
     for scoring in ("logprob", "generate"):
-        for name in ("baseline", "var", "var:convention=official", "var:rows=all", "var:to=visual"):
+        for name in ("baseline", "var", "var:preset=official", "var:rows=all", "var:to=visual"):
             # 15 of 16 right (one wrong key); 3 of 4 circles complete.
             assert _value(bench, name, "accuracy", scoring) == pytest.approx(93.75)
             assert _value(bench, name, "circular_accuracy", scoring) == pytest.approx(75.0)

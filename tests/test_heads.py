@@ -7,8 +7,10 @@ import torch
 from conftest import make_image
 
 from analysis.capture import capture
+from analysis.dims import sink_dims
 from analysis.heads import RHO_PRESETS, resolve_rho, score_heads
 from analysis.sinks import phi
+from analysis.testing.planted import object_truth
 from analysis.tokens import build_batch
 
 DIMS = [3, 9]
@@ -90,3 +92,52 @@ def test_rho_presets():
         resolve_rho(preset="poetry")
     with pytest.raises(ValueError, match="rho must be in"):
         resolve_rho(1.2)
+
+
+# ----------------------------------------------------------------------------- planted zoo
+
+
+def test_zoo_planted_image_centric_heads_are_selected_and_ranked_first(planted):
+    """The planted image-centric heads and only they are selected, ranked first.
+
+    Not recoverable by design: with sinks on BOS only (``llava_bos_only``) no
+    layer has a visual sink, and the paper's rule selects no head in such a
+    layer (r is 1 by definition there), so nothing is selected although the
+    planted heads do attend to the object. The no-sink member has no dims, so
+    scoring is refused before it starts (test_dims, test_cli).
+    """
+    spec = planted.spec
+    if not spec.has_sinks:
+        with pytest.raises(ValueError, match="Refusing"):
+            sink_dims(planted.model, planted.inputs)
+        return
+    scores = score_heads(planted.model, planted.inputs, dims=planted.dims, show_progress=False)
+    planted_heads = sorted(spec.image_centric_heads)
+    if not spec.visual_sinks:
+        assert not scores.has_visual_sink.any()
+        assert scores.image_centric_heads() == []
+        assert not scores.selected.any()
+        # The heads are there: they give most of their image attention to the object.
+        objects = object_truth(spec, planted.cells, planted.inputs)
+        cap = capture(planted.model, planted.inputs, resid=False, patterns=True)
+        for layer, head in planted_heads:
+            rows = cap.patterns[layer, :, head][planted.inputs.queries]
+            keys = objects[planted.inputs.queries.nonzero()[:, 0]]
+            assert float((rows * keys).sum(-1).mean()) > 0.5
+        return
+    assert scores.image_centric_heads() == planted_heads
+    ranked = scores.ranked(top=len(planted_heads))
+    assert sorted((row["layer"], row["head"]) for row in ranked) == planted_heads
+    assert all(row["selected_mean"] >= 0.8 for row in ranked)
+    # Every other head is selected for at most one query (the delimiter sink's row).
+    frac = scores.per_sample()["selected"].mean(0)
+    n_queries = int(planted.inputs.queries[0].sum())
+    for layer in range(spec.n_layers):
+        for head in range(spec.n_heads):
+            if (layer, head) not in planted_heads:
+                assert float(frac[layer, head]) <= 1 / n_queries + 1e-6
+    # Real numbers: in the planted heads s ~ 0.9 and r above the general-VQA rho 0.75.
+    per = scores.per_sample()
+    for layer, head in planted_heads:
+        assert float(per["s"][:, layer, head].min()) > 0.8
+        assert float(per["r"][:, layer, head].min()) > 0.75

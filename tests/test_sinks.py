@@ -10,6 +10,7 @@ from conftest import make_image
 from test_dims import PLANTED_DIMS, planted_massive_activation
 
 from analysis.sinks import find_sinks, label_scores, phi, tau_sweep, validate_sinks
+from analysis.testing.planted import TAU, sink_truth
 from analysis.tokens import build_batch
 
 
@@ -144,3 +145,40 @@ def test_bad_arguments(tiny_models):
         find_sinks(model, inputs, dims=[1], tau=0)
     with pytest.raises(ValueError, match="Sink dims"):
         find_sinks(model, inputs, dims=[999])
+
+
+# ----------------------------------------------------------------------------- planted zoo
+
+
+def test_zoo_sink_tokens_match_the_planted_ones(planted):
+    """Per layer input: F1 = 1 against the planted sink tokens (BOS, delimiter, dark
+    cells), and no sink at all before the first sink layer."""
+    spec = planted.spec
+    if not spec.has_sinks:
+        # Nothing to recover: sink_dims refuses (test_dims). With an arbitrary dim no
+        # token is a sink; with the bias decoy every token would be one, which is why
+        # discovery must never report it.
+        assert not find_sinks(planted.model, planted.inputs, dims=[300]).is_sink().any()
+        decoy = find_sinks(planted.model, planted.inputs, dims=[spec.bias_dim]).is_sink()
+        assert decoy.sum() == planted.inputs.stack("attention_mask").sum() * spec.n_layers
+        return
+    result = find_sinks(planted.model, planted.inputs, dims=planted.dims, tau=TAU)
+    truth = sink_truth(spec, planted.cells, planted.inputs)
+    predicted = result.is_sink()
+    for layer in range(spec.n_layers):
+        scores = label_scores(predicted[:, layer].flatten(), truth[:, layer].flatten())
+        assert scores["f1"] == 1.0, (layer, scores)
+        if layer < spec.first_sink_layer:
+            assert scores["predicted"] == 0
+        else:
+            assert scores["true"] > 0
+    # Visual sinks alone: the planted fraction of the board, from the first sink layer on.
+    counts = result.counts()["visual"]
+    tiles = 2 if spec.family == "llava_next" else 1
+    expected = tiles * spec.n_visual_sinks if spec.visual_sinks else 0
+    assert counts[:, spec.first_sink_layer :].unique().tolist() == [expected]
+    # phi is far from tau on both sides: the classification is not a coin flip.
+    sink_phi = result.phi[truth]
+    other_phi = result.phi[~truth & result.valid[:, None, :]]
+    assert float(sink_phi.min()) > 1.3 * TAU
+    assert float(other_phi.max()) < 0.2 * TAU

@@ -7,8 +7,9 @@ import torch
 from conftest import make_image
 
 from analysis import hooks
-from analysis.capture import forward
+from analysis.capture import bind, forward
 from analysis.generation import generate
+from analysis.testing.planted import object_truth, sink_truth
 from analysis.tokens import build_batch
 from analysis.var import (
     VarConfig,
@@ -172,3 +173,84 @@ def test_per_sample_counts_add_up_and_do_not_depend_on_the_batch(tiny):
         assert mine["prefill_mass_moved"] == pytest.approx(
             rows[index]["prefill_mass_moved"], rel=1e-4
         )
+
+
+# ----------------------------------------------------------------------------- planted zoo
+
+
+def _patterns(model, inputs, layers, fwd_hooks=()):
+    """Logits and the attention patterns of ``layers`` as the model used them."""
+    store = {}
+
+    def keep(pattern, hook, layer):
+        store[layer] = pattern.detach().clone()
+
+    recorders = [(hooks.attn_pattern(layer), bind(keep, layer)) for layer in layers]
+    logits = forward(model, inputs, [*fwd_hooks, *recorders])
+    return logits, store
+
+
+def test_zoo_var_moves_sink_attention_to_the_planted_objects(planted):
+    """In the planted image-centric heads VAR takes p of the sink attention and gives it
+    to the object (most of it: the object holds most non-sink visual attention);
+    other heads are untouched and p = 0 is the identity.
+
+    Not recoverable by design: with sinks on BOS only no row is selected, so VAR
+    is a no-op (and says so in its record); without sink dims VAR refuses.
+    """
+    spec, model, inputs = planted.spec, planted.model, planted.inputs
+    if not spec.has_sinks:
+        with pytest.raises(ValueError, match="at least one sink dim"):
+            VarIntervention(model, inputs, dims=[])
+        return
+    layers = tuple(sorted({layer for layer, _ in spec.image_centric_heads}))
+    config = VarConfig(p=0.6, layers=layers)
+    base_logits, before = _patterns(model, inputs, layers)
+    var = VarIntervention(model, inputs, dims=planted.dims, config=config)
+    _, after = _patterns(model, inputs, layers, var.fwd_hooks())
+    record = var.record()
+    if not spec.visual_sinks:
+        assert record.total_changed == 0
+        assert record.summary()["noop"]
+        assert all(torch.equal(before[layer], after[layer]) for layer in layers)
+        return
+    sinks = sink_truth(spec, planted.cells, inputs)
+    objects = object_truth(spec, planted.cells, inputs)
+    queries = inputs.queries
+    moved_total = moved_all = 0.0
+    for layer in layers:
+        sink_keys = sinks[:, layer][:, None, None, :].float()
+        obj_keys = objects[:, None, None, :].float()
+        sink_before = (before[layer] * sink_keys).sum(-1)
+        sink_after = (after[layer] * sink_keys).sum(-1)
+        obj_before = (before[layer] * obj_keys).sum(-1)
+        obj_after = (after[layer] * obj_keys).sum(-1)
+        moved_all += float((sink_before - sink_after).sum())
+        for head in range(spec.n_heads):
+            rows = queries & (sink_after[:, head] < sink_before[:, head] - 1e-6)
+            if (layer, head) in spec.image_centric_heads:
+                # Every ordinary text query row of the head is redistributed.
+                assert int(rows.sum()) >= int(queries.sum()) - inputs.batch_size
+                lost = (sink_before - sink_after)[:, head][rows]
+                assert torch.allclose(lost, 0.6 * sink_before[:, head][rows], atol=1e-5)
+                # A query that is itself a sink (the delimiter) attends uniformly, so
+                # its budget is spread over all non-sink visual keys; others favour
+                # the object.
+                ordinary = rows & ~sinks[:, layer]
+                gained = (obj_after - obj_before)[:, head][ordinary]
+                lost_ordinary = (sink_before - sink_after)[:, head][ordinary]
+                assert bool((gained > 0.75 * lost_ordinary).all())
+                moved_total += float(lost.sum())
+            else:
+                # Sink heads are not image-centric: at most the delimiter's row changes.
+                assert int(rows.sum()) <= inputs.batch_size * int(spec.delimiter_sink)
+    assert moved_total > 0.05 * len(spec.image_centric_heads)
+    # The record accounts for exactly the mass that left the planted sinks.
+    assert record.total_mass == pytest.approx(moved_all, rel=1e-4)
+    # p = 0: bit-identical patterns and logits.
+    identity = VarIntervention(
+        model, inputs, dims=planted.dims, config=VarConfig(p=0.0, layers=layers)
+    )
+    same_logits, same = _patterns(model, inputs, layers, identity.fwd_hooks())
+    assert torch.equal(same_logits, base_logits)
+    assert all(torch.equal(same[layer], before[layer]) for layer in layers)
