@@ -1320,6 +1320,54 @@ def summary(
 
 @app.command()
 @friendly
+def chair(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by vsink eval (captions).")],
+    instances: Annotated[
+        Path, typer.Option(help="COCO instances_*.json holding the images' objects.")
+    ] = ...,  # type: ignore[assignment]
+    n_boot: BootOpt = 1000,
+    json_out: JsonOpt = None,
+) -> None:
+    """CHAIR_i, CHAIR_s and recall of a run's generations, with CIs and paired differences.
+
+    Generate the captions with e.g. ``vsink eval --images coco/val2014 --prompt "Please
+    describe this image in detail." --max-new-tokens 512 --out RUN``.
+    """
+    from analysis.checks import check_settings
+    from analysis.evaluation import load_records, read_manifest
+    from analysis.scoring.chair import coco_objects
+    from analysis.scoring.runs import chair_summary
+
+    check_settings(n_boot=n_boot)
+    check_outputs(json_out=json_out)
+    manifest = read_manifest(run_dir)
+    result = chair_summary(
+        load_records(run_dir),
+        coco_objects(instances),
+        [c["name"] for c in manifest["conditions"]],
+        n_boot=n_boot,
+        seed=int(manifest["config"]["seed"]),
+        level=0.95,
+    )
+    reference = result["reference"]
+    table = Table(title=f"CHAIR over {result['n_captions']} captions (95% bootstrap CIs)")
+    keys = ("chair_i", "chair_s", "recall")
+    table.add_column("condition")
+    for key in keys:
+        table.add_column(key)
+        table.add_column(f"Δ {key} vs {reference}")
+    for name, entry in result["conditions"].items():
+        cells = [escape(name)]
+        for key in keys:
+            versus = entry.get("vs_reference", {}).get(key)
+            cells += [_ci(entry["metrics"][key], ".2f"), _ci(versus, "+.2f")]
+        table.add_row(*cells)
+    print_wide(table)
+    write_json(json_out, result)
+
+
+@app.command()
+@friendly
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A folder written by vsink eval.")],
     fmt: Annotated[str, typer.Option("--format", help="mm-vet, llava-wild or mmhal.")] = ...,  # type: ignore[assignment]

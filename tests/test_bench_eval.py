@@ -398,3 +398,58 @@ def test_pope_tsv_keeps_the_pope_metrics(runner, tmp_path):
     pope = summary["conditions"]["baseline"]["logprob"]
     assert pope["accuracy"]["value"] == pytest.approx(2 / 3)
     assert pope["counts"] == {"tp": 1, "fp": 1, "tn": 1, "fn": 0}
+
+
+def test_chair_summary_by_hand():
+    from analysis.scoring.runs import chair_summary
+
+    objects = {"img1.jpg": {"dog"}, "img2.jpg": {"cat", "person"}}
+    captions = {
+        "baseline": ["A dog and a cat.", "A man with a cat."],
+        "var": ["A dog.", "A man with a cat."],
+    }
+    records = [
+        {"id": str(i), "index": i, "condition": name, "image": f"img{i + 1}.jpg", "generated": c}
+        for name, texts in captions.items()
+        for i, c in enumerate(texts)
+    ]
+    out = chair_summary(records, objects, ["baseline", "var"], n_boot=200, seed=0, level=0.95)
+    base = out["conditions"]["baseline"]["metrics"]
+    # Baseline: 4 mentions, 1 hallucinated (cat in image 1); 1 of 2 captions; 3 of 3 objects.
+    assert base["chair_i"]["value"] == pytest.approx(25.0)
+    assert base["chair_s"]["value"] == pytest.approx(50.0)
+    assert base["recall"]["value"] == pytest.approx(100.0)
+    versus = out["conditions"]["var"]["vs_reference"]
+    assert versus["chair_i"]["value"] == pytest.approx(-25.0)
+    assert versus["chair_s"]["value"] == pytest.approx(-50.0)
+    assert versus["recall"]["value"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="no COCO annotations"):
+        chair_summary(records, {"img1.jpg": {"dog"}}, ["baseline"], n_boot=10, seed=0, level=0.95)
+
+
+def test_vsink_chair_on_a_demo_run(runner, tmp_path):
+    out = tmp_path / "captions"
+    args = ["--images", str(IMAGES), "--prompt", "Is there a red object in the image?"]
+    _eval(
+        runner, out, *args, "--limit", "2", "--conditions", "baseline,var", "--max-new-tokens", "3"
+    )
+    instances = {
+        "categories": [{"id": 1, "name": "dog"}],
+        "images": [{"id": 1, "file_name": "demo_00.png"}, {"id": 2, "file_name": "demo_01.png"}],
+        "annotations": [{"image_id": 1, "category_id": 1}],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    result = runner.invoke(
+        cli.app,
+        ["chair", str(out), "--instances", str(tmp_path / "instances.json"),
+         "--json", str(tmp_path / "chair.json")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "chair.json").read_text())
+    # The demo's "yes" / "no" mention no object: nothing hallucinated, the dog not recalled.
+    metrics = data["conditions"]["baseline"]["metrics"]
+    assert metrics["chair_i"]["value"] == 0.0
+    assert metrics["chair_s"]["value"] == 0.0
+    assert metrics["recall"]["value"] == 0.0
+    assert data["n_captions"] == 2
+    assert "CHAIR over 2 captions" in result.output

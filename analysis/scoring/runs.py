@@ -202,3 +202,83 @@ def headline(metrics: Mapping[str, Any]) -> list[str]:
     """The metric keys a table shows: the totals (no ``/``), else every key."""
     tops = [k for k in metrics if "/" not in k]
     return tops or list(metrics)
+
+
+# ---------------------------------------------------------------------------- CHAIR
+
+
+def _chair_metric(units: Sequence[Unit]) -> dict[str, float]:
+    """CHAIR over caption units whose ``correct`` holds (mentions, hallucinated,
+    hallucinated-or-not flag, annotated, covered) counts (see :func:`chair_summary`)."""
+    mentions, hallucinated, flagged, annotated, covered = (
+        sum(u.correct[k] for u in units) for k in range(5)
+    )
+    return {
+        "chair_i": 100.0 * hallucinated / mentions if mentions else 0.0,
+        "chair_s": 100.0 * flagged / len(units) if units else float("nan"),
+        "recall": 100.0 * covered / annotated if annotated else float("nan"),
+    }
+
+
+def chair_summary(
+    records: Sequence[Mapping[str, Any]],
+    objects: Mapping[str, set[str]],
+    names: Sequence[str],
+    *,
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> dict[str, Any]:
+    """CHAIR_i, CHAIR_s and recall of each condition's generations (the captions), with
+    bootstrap CIs over captions and paired differences against the baseline.
+
+    ``objects`` maps an image name (as the records hold it, or its file name) to its
+    COCO categories (:func:`analysis.scoring.chair.coco_objects`).
+    """
+    from pathlib import PurePosixPath
+
+    from analysis.scoring.chair import chair_caption
+
+    by_condition: dict[str, dict[str, Mapping[str, Any]]] = {n: {} for n in names}
+    for r in records:
+        if "generated" in r and r["condition"] in by_condition:
+            by_condition[r["condition"]][str(r["id"])] = r
+    present = [n for n in names if by_condition[n]]
+    if not present:
+        raise ValueError("The run has no generations: run it with --max-new-tokens > 0.")
+    common = set.intersection(*(set(by_condition[n]) for n in present))
+    order = sorted(common, key=lambda i: int(by_condition[present[0]][i]["index"]))
+    units: dict[str, list[Unit]] = {}
+    for name in present:
+        units[name] = []
+        for key in order:
+            record = by_condition[name][key]
+            image = str(record["image"])
+            truth = objects.get(image, objects.get(PurePosixPath(image).name))
+            if truth is None:
+                raise ValueError(f"Image {image!r} has no COCO annotations in the file given.")
+            c = chair_caption(str(record["generated"]), truth)
+            counts = (
+                len(c.mentioned),
+                len(c.hallucinated),
+                float(bool(c.hallucinated)),
+                len(c.annotated),
+                len(set(c.mentioned) & set(c.annotated)),
+            )
+            units[name].append(Unit(tuple(float(x) for x in counts)))
+    reference = "baseline" if "baseline" in units else present[0]
+    others = {n: u for n, u in units.items() if n != reference}
+    boot = paired_bootstrap(
+        _chair_metric, units[reference], others, n_boot=n_boot, seed=seed, level=level
+    )
+    return {
+        "n_captions": len(order),
+        "reference": reference,
+        "conditions": {
+            name: {
+                "metrics": boot["baseline" if name == reference else name],
+                **({"vs_reference": boot[f"{name} - baseline"]} if name != reference else {}),
+            }
+            for name in present
+        },
+    }
