@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -722,11 +722,11 @@ def ablate(
     result = run_ablate(
         loaded,
         inputs,
-        targets=chosen_targets,
+        targets=cast(Any, chosen_targets),  # checked against TARGETS by ablate()
         answers=split_answers(answers),
         dims=chosen,
         tau=tau,
-        mode=mode,
+        mode=cast(Any, mode),  # checked by KnockOut
         layers=parse_dims(layers),
         positions=parse_dims(positions),
         draws=draws,

@@ -1193,6 +1193,7 @@ def _run_condition(
     records = []
     for row, (index, item) in enumerate(subset):
         scores = logprobs[row]
+        record: dict[str, Any]
         if bench is not None:
             record = {
                 "id": item.id,
@@ -1211,7 +1212,7 @@ def _run_condition(
             records.append(record)
             continue
         pred = answers[int(scores.argmax())]
-        record: dict[str, Any] = {
+        record = {
             "id": item.id,
             "index": index,
             "condition": condition.name,

@@ -804,8 +804,9 @@ def contribution_bars(
         fig.update_yaxes(type="log", row=1, col=col)
         fig.update_xaxes(title_text="layer", type="category", row=1, col=col)
     fig.update_yaxes(title_text="mean over heads (log scale)", row=1, col=1)
-    means = result.group_mean("contribution")
-    sink, other = means.get("visual sink", math.nan), means.get("visual non-sink", math.nan)
+    group_means = result.group_mean("contribution")
+    sink = group_means.get("visual sink", math.nan)
+    other = group_means.get("visual non-sink", math.nan)
     ratio = sink / other if math.isfinite(sink) and math.isfinite(other) and other > 0 else None
     ratio_text = (
         ""

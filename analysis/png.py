@@ -431,7 +431,7 @@ def _bar(canvas: _Canvas, ax: Any, trace: Any, pair: tuple[str, str]) -> None:
         axis=1,
     )
     handle = PolyCollection(
-        boxes, facecolors=colors, alpha=alpha, linewidths=0, zorder=2, antialiased=False
+        list(boxes), facecolors=colors, alpha=alpha, linewidths=0, zorder=2, antialiased=False
     )
     ax.add_collection(handle)
     ax.update_datalim(np.concatenate([boxes.reshape(-1, 2), [[left.min(), 0.0]]]))
@@ -614,7 +614,7 @@ def _shape(canvas: _Canvas, shape: Any) -> None:
     width = (line.width if line and line.width is not None else 2) * _PT
     dash = _DASHES.get(line.dash if line and line.dash else "solid", "-")
     if shape.type == "line":
-        artist = Line2D(
+        artist: Any = Line2D(
             [shape.x0, shape.x1],
             [shape.y0, shape.y1],
             transform=transform,
@@ -694,7 +694,7 @@ def _legend(canvas: _Canvas) -> None:
     yanchor = legend.yanchor if legend.yanchor not in (None, "auto") else "top"
     vertical = {"top": "upper", "bottom": "lower", "middle": "center"}[yanchor]
     horizontal = {"left": "left", "right": "right", "center": "center"}[xanchor]
-    loc = "center" if vertical == horizontal == "center" else f"{vertical} {horizontal}"
+    loc: Any = "center" if vertical == horizontal == "center" else f"{vertical} {horizontal}"
     handles, labels = zip(*canvas.legend.values(), strict=True)
     canvas.mfig.legend(
         handles,

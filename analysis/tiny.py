@@ -142,7 +142,8 @@ def build_llava(spec: TinySpec) -> tuple[Any, Any]:
     config = LlavaConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        # transformers 5 names it image_token_id (its stubs still say image_token_index).
+        **{"image_token_id": tok.convert_tokens_to_ids("<image>")},
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
@@ -177,7 +178,7 @@ def build_llava_next(spec: TinySpec) -> tuple[Any, Any]:
     config = LlavaNextConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        **{"image_token_id": tok.convert_tokens_to_ids("<image>")},
         image_grid_pinpoints=pinpoints,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",

@@ -14,6 +14,7 @@ positions actually present in ``input_ids``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -628,7 +629,9 @@ def check_images(paths: list[Path]) -> None:
         load_image(path)
 
 
-def collect_images(paths: list[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:
+def collect_images(
+    paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+) -> list[Path]:
     """Image files from files and folders (folders: sorted, by suffix), with clear errors."""
     items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     found: list[Path] = []

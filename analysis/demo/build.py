@@ -567,18 +567,18 @@ def make_state_dict(
     emb = (rng.standard_normal((vocab_size, D_MODEL)) * knobs.noise_std).astype(f32)
     emb[:, ONE] = 1.0
     emb[token_ids["<s>"], BOS] = 1.0
-    for k, name in enumerate(PALETTE_NAMES):
+    for index, name in enumerate(PALETTE_NAMES):
         emb[token_ids[name], CW] = 1.0
-        emb[token_ids[name], WCOL[k]] = 1.0
+        emb[token_ids[name], WCOL[index]] = 1.0
     for word in ("yes", "no"):
         emb[token_ids[word], ANS] = 1.0
-    for k, letter in enumerate(LETTERS):
-        emb[token_ids[letter], LETTER_KEY] = knobs.letter_key * (k + 1)
-        emb[token_ids[letter], LETTER_PAD] = np.sqrt(
-            (knobs.letter_key * N_LET) ** 2 - (knobs.letter_key * (k + 1)) ** 2
+    for index, symbol in enumerate(LETTERS):
+        emb[token_ids[symbol], LETTER_KEY] = knobs.letter_key * (index + 1)
+        emb[token_ids[symbol], LETTER_PAD] = np.sqrt(
+            (knobs.letter_key * N_LET) ** 2 - (knobs.letter_key * (index + 1)) ** 2
         )
-        emb[token_ids[letter], LET[k]] = 1.0
-        emb[token_ids[letter], ANS] = 1.0
+        emb[token_ids[symbol], LET[index]] = 1.0
+        emb[token_ids[symbol], ANS] = 1.0
     sd["model.language_model.embed_tokens.weight"] = emb
 
     # ---- decoder layers
@@ -702,13 +702,13 @@ def make_state_dict(
     sd["model.language_model.norm.weight"] = np.ones(D_MODEL, f32)
 
     # ---- unembedding
-    head = np.zeros((vocab_size, D_MODEL), f32)
-    head[token_ids["yes"], YES] = knobs.logit_yes
-    head[token_ids["no"], ONE] = knobs.logit_no
-    head[token_ids["</s>"], ANS] = knobs.logit_eos
-    for k, letter in enumerate(LETTERS):
-        head[token_ids[letter], LOGIT_LET[k]] = knobs.logit_letter
-    sd["lm_head.weight"] = head
+    unembed = np.zeros((vocab_size, D_MODEL), f32)
+    unembed[token_ids["yes"], YES] = knobs.logit_yes
+    unembed[token_ids["no"], ONE] = knobs.logit_no
+    unembed[token_ids["</s>"], ANS] = knobs.logit_eos
+    for index, symbol in enumerate(LETTERS):
+        unembed[token_ids[symbol], LOGIT_LET[index]] = knobs.logit_letter
+    sd["lm_head.weight"] = unembed
     return sd
 
 

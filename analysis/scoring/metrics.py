@@ -200,7 +200,9 @@ def paired_bootstrap(
     # The same draws as the per-item bootstrap of the POPE summaries (same n, seed).
     draws = bootstrap_indices(n, n_boot, seed)
 
-    def interval(samples: list[dict[str, float]], point: Mapping[str, float]) -> dict[str, Any]:
+    def interval(
+        samples: Sequence[Mapping[str, float]], point: Mapping[str, float]
+    ) -> dict[str, Any]:
         out = {}
         for key, value in point.items():
             # A resample can miss a whole category (MME, CV-Bench): that draw has no value.

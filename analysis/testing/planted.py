@@ -686,8 +686,12 @@ def _build_llava(spec: PlantedSpec) -> tuple[Any, Any]:
         "projector_hidden_act": "gelu",
         "tie_word_embeddings": False,
     }
-    norm = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    norm: dict[str, Any] = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}
     crop = {"shortest_edge": size}, {"height": size, "width": size}
+    # One builder for both LLaVA classes: typed loosely on purpose.
+    config: Any
+    model: Any
+    images: Any
     if spec.family == "llava":
         config = LlavaConfig(**common)
         model = LlavaForConditionalGeneration(config)
