@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from analysis.attention import install_attention_routing
 from analysis.compat import install_cache_compat
 
 log = logging.getLogger(__name__)
@@ -311,6 +312,7 @@ def load_model(
     bridge.eval()
     bridge.processor = processor
     install_cache_compat(bridge)
+    install_attention_routing(bridge)
     return _describe_loaded(bridge, processor, family, name, revision, is_local, torch_dtype)
 
 
