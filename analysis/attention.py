@@ -335,7 +335,9 @@ def _fast_forward(
         query, key, value, attn_mask=mask, scale=scaling
     )
     if selectors:
-        rows = union_rows([s(n_query, n_key, query.device) for s in selectors], n_query, query.device)
+        rows = union_rows(
+            [s(n_query, n_key, query.device) for s in selectors], n_query, query.device
+        )
         if rows.numel():
             part = pattern_rows(query, key, mask, rows, scaling)
             ctx = self.hook_pattern.ctx

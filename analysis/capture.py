@@ -32,14 +32,24 @@ def forward(
     model: LoadedModel,
     inputs: ModelInputs,
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    *,
+    logits_to_keep: int = 0,
 ) -> Float[torch.Tensor, "batch pos vocab"]:
-    """One no-grad forward of the bridge with ``fwd_hooks`` attached; returns logits."""
+    """One no-grad forward of the bridge with ``fwd_hooks`` attached; returns logits.
+
+    ``logits_to_keep`` (HF's argument): 0 returns every position's logits, n > 0
+    only the last n (a forward run for its hooks or its next-token scores needs
+    one: Gemma 3's 262k-word vocabulary makes all of them ~1 MB per position).
+    """
+    if logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}.")
     device = model.device
     with torch.no_grad():
         return model.bridge.run_with_hooks(
             inputs.input_ids.to(device),
             return_type="logits",
             fwd_hooks=list(fwd_hooks),
+            logits_to_keep=logits_to_keep,
             **inputs.forward_kwargs(device),
         )
 
@@ -294,7 +304,7 @@ def attention_maps(
         if dims:
             fwd.append((hooks.resid_pre(layer), bind(on_resid, layer)))
         fwd.append((hooks.attn_pattern(layer), bind(on_pattern, layer)))
-    forward(model, inputs, fwd)
+    forward(model, inputs, fwd, logits_to_keep=1)
     return AttentionMaps(
         attention=attention,
         sinks=sinks,
@@ -385,7 +395,7 @@ def token_states(
     def keep(resid: torch.Tensor, hook: Any) -> None:
         store["resid"] = resid[sample].detach().float().cpu()
 
-    forward(model, inputs, [(hooks.resid_pre(layer), keep)])
+    forward(model, inputs, [(hooks.resid_pre(layer), keep)], logits_to_keep=1)
     resid = store["resid"]
     scores = phi(resid, dims)
     if positions is None:
@@ -494,7 +504,7 @@ def attention_received(
     for slot, layer in enumerate(chosen):
         fwd.append((hooks.resid_pre(layer), bind(on_resid, slot)))
         fwd.append((hooks.attn_pattern(layer), bind(on_pattern, slot)))
-    forward(model, inputs, fwd)
+    forward(model, inputs, fwd, logits_to_keep=1)
     valid = inputs.stack("attention_mask")
     bos = inputs.bos
     return ReceivedAttention(

@@ -243,6 +243,7 @@ def discover_dims(
             model,
             batch,
             [(hooks.resid_pre(layer), bind(reduce, i)) for i, layer in enumerate(scanned)],
+            logits_to_keep=1,
         )
     median = median_sum / max(n_tokens, 1)
     token_fraction = counts / max(n_tokens, 1)

@@ -194,7 +194,7 @@ def find_sinks(
         phis[:, layer] = phi(resid, dims, eps).cpu()
 
     fwd = [(hooks.resid_pre(layer), bind(record, layer)) for layer in range(model.n_layers)]
-    forward(model, inputs, fwd)
+    forward(model, inputs, fwd, logits_to_keep=1)
     valid = inputs.stack("attention_mask")
     bos = inputs.bos
     return SinkResult(
@@ -325,7 +325,8 @@ def attention_mass_truth(
         ).clamp_min(1)
         received.add_(per_key.cpu())
 
-    forward(model, inputs, [(hooks.attn_pattern(layer), accumulate) for layer in chosen])
+    fwd = [(hooks.attn_pattern(layer), accumulate) for layer in chosen]
+    forward(model, inputs, fwd, logits_to_keep=1)
     truth = []
     for index, layout in enumerate(inputs.layouts):
         values = received[index, layout.geometry.positions]
