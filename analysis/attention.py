@@ -129,7 +129,7 @@ def routable(attn: torch.nn.Module) -> bool:
     (split-QKV inputs, gated or scaled projections, soft-capping, attention
     sinks, per-head results, training-mode dropout, compatibility mode) runs eager.
     """
-    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (  # noqa: E501
+    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
         PositionEmbeddingsAttentionBridge,
     )
 
@@ -172,7 +172,7 @@ def install_attention_routing(bridge: torch.nn.Module) -> int:
 
     Idempotent; :func:`remove_attention_routing` restores the bridges' own forward.
     """
-    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (  # noqa: E501
+    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
         PositionEmbeddingsAttentionBridge,
     )
 

@@ -182,7 +182,8 @@ def test_a_plain_pattern_hook_gets_the_full_pattern_and_makes_only_its_layer_eag
     extra = [(hooks.attn_pattern(1), spy)]
     with tiny.bridge.hooks(fwd_hooks=fast_var.fwd_hooks() + extra):
         routes = [route_of(tiny, layer) for layer in range(tiny.n_layers)]
-    assert routes[1] == "eager" and set(routes[:1] + routes[2:]) == {"rows"}
+    assert routes[1] == "eager"
+    assert set(routes[:1] + routes[2:]) == {"rows"}
     mixed = forward(tiny, inputs, fast_var.fwd_hooks() + extra)
     assert shapes == [(inputs.batch_size, tiny.n_heads, n_pos, n_pos)]
     with eager_attention(tiny):
@@ -212,7 +213,8 @@ def test_a_row_sparse_hook_receives_only_its_rows_with_their_index(tiny):
     sparse = [(hooks.attn_pattern(2), row_sparse_hook(edit, lambda q, k, device: wanted))]
     fast = forward(tiny, inputs, sparse)
     assert got["shape"] == (inputs.batch_size, tiny.n_heads, 2, n_pos)
-    assert got["rows"].tolist() == wanted.tolist() and got["n"] == n_pos
+    assert got["rows"].tolist() == wanted.tolist()
+    assert got["n"] == n_pos
     with eager_attention(tiny):
         eager = forward(tiny, inputs, [(hooks.attn_pattern(2), full_edit)])
     _assert_close(_valid_logits(fast, inputs), _valid_logits(eager, inputs))
