@@ -591,8 +591,24 @@ def markdown(payload: dict[str, Any]) -> str:
             cells = [
                 f"{c['memory_ratios'][n]:.2f}x / {c['time_ratios'][n]:.2f}x" for n in ratio_names
             ]
-            label = f"{c['shape']} b{c['batch']}"
+            label = f"{c['shape']} {c['layers']}L b{c['batch']}"
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "Peak memory above the weights, before (eager attention, logits at every",
+            "position: the toolkit before routing) and after (routed, last-position logits):",
+            "",
+        ]
+        for c in cases:
+            if "memory_bytes" in c:
+                m = {k: v / MiB for k, v in c["memory_bytes"].items()}
+                lines.append(
+                    f"- {c['shape']} {c['layers']}L b{c['batch']}, {c['tokens']} tokens: plain "
+                    f"{m['eager_all_logits']:.0f} -> {m['sdpa']:.0f} MiB, VAR "
+                    f"{m['var_eager']:.0f} -> {m['var_rows']:.0f} MiB, knock-out "
+                    f"{m['ko_eager']:.0f} -> {m['ko_sdpa']:.0f} MiB (plain HF SDPA "
+                    f"{m['hf_sdpa']:.0f} MiB)"
+                )
         lines += ["", "Routed vs eager, max |logit| difference at the last position:", ""]
         for c in cases:
             if "max_logit_diff_vs_eager" in c:
