@@ -95,6 +95,17 @@ def row_sparse_hook(hook: Callable[..., Any], rows: RowSelector) -> Callable[...
     return hook
 
 
+def rows_selector(rows: Int[torch.Tensor, " row"], prefill_len: int) -> RowSelector:
+    """A selector for a hook that reads the prefill's rows ``rows`` and no decoding row."""
+
+    def select(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
+        if n_query != prefill_len:
+            return torch.zeros(0, dtype=torch.long, device=device)
+        return rows.to(device)
+
+    return select
+
+
 def _user_hooks(point: torch.nn.Module) -> list[Callable[..., Any]] | None:
     """The hook functions attached to a HookPoint, or None when any is not a plain
     TransformerLens forward hook (raw PyTorch hooks, backward hooks)."""

@@ -218,3 +218,34 @@ def test_a_row_sparse_hook_receives_only_its_rows_with_their_index(tiny):
     with eager_attention(tiny):
         eager = forward(tiny, inputs, [(hooks.attn_pattern(2), full_edit)])
     _assert_close(_valid_logits(fast, inputs), _valid_logits(eager, inputs))
+
+
+def test_pattern_statistics_on_row_sparse_routes_equal_eager(tiny):
+    """Head scores, received attention, attention maps and the attention-mass truth read
+    only text-query rows: row-sparse routes give the eager path's numbers."""
+    from analysis.capture import attention_maps, attention_received
+    from analysis.heads import score_heads
+    from analysis.sinks import attention_mass_truth
+
+    inputs = _two(tiny)
+    dims = [0, 1]
+    views = [(1, 0), (2, None)]
+
+    def run() -> dict[str, torch.Tensor]:
+        heads = score_heads(tiny, inputs, dims=dims, show_progress=False)
+        received = attention_received(tiny, inputs, dims=dims)
+        maps = attention_maps(tiny, inputs, views=views, queries=(0, -1), dims=dims)
+        truth = attention_mass_truth(tiny, inputs)
+        return {
+            "s": heads.s * heads.queries[:, None, None, :],
+            "r": heads.r * heads.queries[:, None, None, :],
+            "received": received.received,
+            "maps": maps.attention.nan_to_num(-1.0),
+            "truth": torch.cat([t.float() for t in truth]),
+        }
+
+    fast = run()
+    with eager_attention(tiny):
+        eager = run()
+    for name in fast:
+        torch.testing.assert_close(fast[name], eager[name], atol=ATOL, rtol=0, msg=name)
