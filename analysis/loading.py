@@ -6,7 +6,9 @@ supported families are declared in :data:`FAMILIES`; adding one means adding a
 :class:`FamilySpec` there and its token geometry in :mod:`analysis.tokens`.
 
 Numerics are raw HF numerics (the bridge's default): with no hooks attached the
-bridge's logits equal HF's eager logits.
+bridge's logits equal HF's eager logits (within fp tolerance: the language model's
+attention is routed per call, SDPA where no hook reads the pattern; see
+:mod:`analysis.attention`).
 """
 
 from __future__ import annotations
