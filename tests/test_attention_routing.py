@@ -249,3 +249,17 @@ def test_pattern_statistics_on_row_sparse_routes_equal_eager(tiny):
         eager = run()
     for name in fast:
         torch.testing.assert_close(fast[name], eager[name], atol=ATOL, rtol=0, msg=name)
+
+
+def test_run_with_cache_gets_full_patterns_from_the_eager_path(tiny):
+    inputs = _two(tiny)
+    n_pos = inputs.input_ids.shape[1]
+    with torch.no_grad():
+        logits, cache = tiny.bridge.run_with_cache(
+            inputs.input_ids, **inputs.forward_kwargs(tiny.device)
+        )
+    pattern = cache[hooks.attn_pattern(0)]
+    assert pattern.shape == (inputs.batch_size, tiny.n_heads, n_pos, n_pos)
+    with eager_attention(tiny):
+        eager = forward(tiny, inputs)
+    _assert_close(_valid_logits(logits, inputs), _valid_logits(eager, inputs))
