@@ -259,9 +259,14 @@ def pattern_rows(
 
 
 def union_rows(selected: list[torch.Tensor | None], n_query: int, device: torch.device) -> Any:
-    """Sorted union of the rows each hook asked for (None from any hook: every row)."""
+    """Sorted union of the rows each hook asked for (None from any hook: every row).
+
+    Selectors return sorted, unique rows; a single hook's are used as they are.
+    """
     if any(r is None for r in selected):
         return torch.arange(n_query, device=device)
+    if len(selected) == 1:  # one hook: its rows as given (no unique(), no device sync)
+        return selected[0].to(device).long()  # type: ignore[union-attr]
     rows = torch.cat([r.to(device).long() for r in selected if r is not None])
     return torch.unique(rows)
 
