@@ -212,6 +212,17 @@ def _attention_section(attention: dict[str, Any]) -> str:
 
     text = attention_bench.markdown(attention)
     demoted = [("#" + line) if line.startswith("#") else line for line in text.splitlines()]
+    gpu = HERE / "gpu" / "results.json"
+    demoted += [
+        "",
+        "GPU (LLaVA-1.5-7B shape, all 32 layers, bf16, batch 1 / 4 / 8): "
+        + (
+            "see [gpu/RESULTS.md](gpu/RESULTS.md)."
+            if gpu.is_file()
+            else "**not run yet**: no GPU machine was available; `make bench-gpu` is ready "
+            "([gpu/README.md](gpu/README.md))."
+        ),
+    ]
     return "\n".join(demoted)
 
 
