@@ -29,7 +29,9 @@ hooks attached at that moment:
   ``hook_pattern`` on those rows only, and replaces their output by
   ``edited_rows @ V``. VAR edits only the text-query rows of a prefill (a few
   dozen of ~600-2900) and one row per decoding step, so its cost approaches
-  plain SDPA's.
+  plain SDPA's. When the rows asked for are all of the call's rows (a decoding
+  step), the output is ``edited_rows @ V`` alone, with no SDPA pass. Selectors
+  return sorted, unique row indices.
 
 What a hook on ``hook_pattern`` receives
 ----------------------------------------
@@ -347,22 +349,22 @@ def _fast_forward(
         if blocked is not None:
             mask = blocked_to_additive(mask, blocked)
 
-    output = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, scale=scaling
-    )
+    rows = None
     if selectors:
         rows = union_rows(
             [s(n_query, n_key, query.device) for s in selectors], n_query, query.device
         )
-        if rows.numel():
+    if rows is not None and rows.numel() == n_query:
+        # Every row explicit (a decoding step under VAR): no SDPA pass at all.
+        part = _run_pattern_hook(self, pattern_rows(query, key, mask, rows, scaling), rows, n_query)
+        output = torch.matmul(part, value)
+    else:
+        output = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, scale=scaling
+        )
+        if rows is not None and rows.numel():
             part = pattern_rows(query, key, mask, rows, scaling)
-            ctx = self.hook_pattern.ctx
-            ctx[ROWS_KEY], ctx[N_QUERY_KEY] = rows, n_query
-            try:
-                part = self.hook_pattern(part)
-            finally:
-                ctx.pop(ROWS_KEY, None)
-                ctx.pop(N_QUERY_KEY, None)
+            part = _run_pattern_hook(self, part, rows, n_query)
             output = output.index_copy(2, rows, torch.matmul(part, value))
 
     output = output.transpose(1, 2).contiguous().reshape(*input_shape, -1)
@@ -375,6 +377,19 @@ def _fast_forward(
         output = output.to(dtype=o_weight.dtype)
     output = self.hook_out(self.o(output))
     return output, None
+
+
+def _run_pattern_hook(
+    self: Any, part: torch.Tensor, rows: torch.Tensor, n_query: int
+) -> torch.Tensor:
+    """``hook_pattern`` on the explicit rows, with their index in ``hook.ctx``."""
+    ctx = self.hook_pattern.ctx
+    ctx[ROWS_KEY], ctx[N_QUERY_KEY] = rows, n_query
+    try:
+        return self.hook_pattern(part)
+    finally:
+        ctx.pop(ROWS_KEY, None)
+        ctx.pop(N_QUERY_KEY, None)
 
 
 def route_of(model: LoadedModel, layer: int) -> Route:
