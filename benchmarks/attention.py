@@ -669,6 +669,8 @@ def markdown(payload: dict[str, Any]) -> str:
                 + f" | {c['decode_ratios']['var_rows/sdpa']:.2f}x"
                 + f" / {c.get('decode_cpu_ratios', c['decode_ratios'])['var_rows/sdpa']:.2f}x |"
             )
+    if payload.get("notes"):
+        lines += ["", "## Notes", "", *[f"- {note}" for note in payload["notes"]]]
     lines += ["", "## Targets", "", "| case | target | measured | target | result |"]
     lines.append("|---|---|---|---|---|")
     for t in payload["targets"]:
