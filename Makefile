@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 TORCH_WHEELS ?= /opt/wheels
 TORCH_SOURCE := $(if $(wildcard $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 
-.PHONY: demo test test-alt lint typecheck format bench figures notebooks lock canary clean
+.PHONY: demo test test-alt lint typecheck format bench bench-attention bench-gpu gpu-wheels figures notebooks lock canary clean
 
 $(BIN)/uv:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,17 @@ figures: $(STAMP)
 # Re-pair the notebooks after editing either side (.py is the reviewed source).
 notebooks: $(STAMP)
 	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
+
+# Attention routing at real widths (CPU, ~30 min on one core): benchmarks/ATTENTION.md.
+bench-attention: $(STAMP)
+	$(BIN)/python benchmarks/attention.py --shapes llava7b:2,next7b:1 --threads 1 --repeats 2 --new-tokens 8
+
+# The wheels the GPU machine lacks (needs a registry), then the GPU run (on the GPU machine).
+gpu-wheels: $(STAMP)
+	bash benchmarks/gpu/prepare_wheels.sh
+
+bench-gpu:
+	bash benchmarks/gpu/run.sh
 
 # CPU, a few minutes: writes benchmarks/results.json and regenerates benchmarks/RESULTS.md.
 # GPU: make bench BENCH_ARGS="--device cuda --dtype bfloat16"; no --quick: BENCH_ARGS=--full.

@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Bool
 
 from analysis import hooks
+from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook, score_mask_hook
 from analysis.capture import HookFn
 from analysis.checks import check_settings
 from analysis.generation import answer_logprobs, kl_divergence
@@ -171,25 +172,49 @@ class KnockOut:
 
         return hook
 
+    def _blocked(
+        self, layer: int, batch: int, n_query: int, n_key: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocked queries [batch, query] and keys [batch, key] of one call of ``layer``."""
+        prefill = n_query == self.prefill_len
+        seen = n_query if prefill else self._seen.get(layer, self.prefill_len) + n_query
+        self._seen[layer] = seen
+        generated = seen - self.prefill_len
+        keys = torch.cat([self.keys[layer], self.keys[layer].new_zeros(batch, generated)], dim=1)
+        keys = keys[:, seen - n_key : seen].to(device)
+        if prefill:
+            queries = self.queries.to(device)
+        else:
+            queries = torch.ones(batch, n_query, dtype=torch.bool, device=device)
+        return queries, keys
+
     def _attn_hook(self, layer: int) -> HookFn:
         def hook(tensor: torch.Tensor, hook: Any) -> torch.Tensor:
             batch, _, n_query, n_key = tensor.shape
-            prefill = n_query == self.prefill_len
-            seen = n_query if prefill else self._seen.get(layer, self.prefill_len) + n_query
-            self._seen[layer] = seen
-            generated = seen - self.prefill_len
-            keys = torch.cat(
-                [self.keys[layer], self.keys[layer].new_zeros(batch, generated)], dim=1
-            )
-            keys = keys[:, seen - n_key : seen].to(tensor.device)
-            if prefill:
-                queries = self.queries.to(tensor.device)
-            else:
-                queries = torch.ones(batch, n_query, dtype=torch.bool, device=tensor.device)
-            fn = block_scores if self.mode == "pre" else zero_pattern
-            return fn(tensor, queries, keys)
+            if self.mode == "post" and ROWS_KEY in hook.ctx:
+                n_query = hook.ctx[N_QUERY_KEY]
+            queries, keys = self._blocked(layer, batch, n_query, n_key, tensor.device)
+            if self.mode == "pre":
+                return block_scores(tensor, queries, keys)
+            if ROWS_KEY in hook.ctx:  # row-sparse: only the blocked query rows came
+                queries = queries.index_select(1, hook.ctx[ROWS_KEY].to(tensor.device))
+            return zero_pattern(tensor, queries, keys)
 
-        return hook
+        if self.mode == "pre":
+            # On SDPA layers only the blocked pairs are asked for, as an additive mask.
+            def blocked(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
+                queries, keys = self._blocked(layer, self.valid.shape[0], n_query, n_key, device)
+                return queries[:, :, None] & keys[:, None, :]
+
+            return score_mask_hook(hook, blocked)
+
+        def rows(n_query: int, n_key: int, device: torch.device) -> torch.Tensor | None:
+            # Post-softmax: the pattern is read only in the rows of blocked queries.
+            if n_query != self.prefill_len:
+                return None
+            return torch.nonzero(self.queries.any(dim=0)).flatten().to(device)
+
+        return row_sparse_hook(hook, rows)
 
     def blocked_counts(self) -> dict[int, list[int]]:
         """Per layer, the number of blocked keys per sample (after a prefill)."""

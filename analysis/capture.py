@@ -18,6 +18,7 @@ from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
 from analysis import hooks
+from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
 from analysis.results import ResultMixin, provenance
 
 if TYPE_CHECKING:
@@ -32,14 +33,24 @@ def forward(
     model: LoadedModel,
     inputs: ModelInputs,
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    *,
+    logits_to_keep: int = 0,
 ) -> Float[torch.Tensor, "batch pos vocab"]:
-    """One no-grad forward of the bridge with ``fwd_hooks`` attached; returns logits."""
+    """One no-grad forward of the bridge with ``fwd_hooks`` attached; returns logits.
+
+    ``logits_to_keep`` (HF's argument): 0 returns every position's logits, n > 0
+    only the last n (a forward run for its hooks or its next-token scores needs
+    one: Gemma 3's 262k-word vocabulary makes all of them ~1 MB per position).
+    """
+    if logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}.")
     device = model.device
     with torch.no_grad():
         return model.bridge.run_with_hooks(
             inputs.input_ids.to(device),
             return_type="logits",
             fwd_hooks=list(fwd_hooks),
+            logits_to_keep=logits_to_keep,
             **inputs.forward_kwargs(device),
         )
 
@@ -262,6 +273,7 @@ def attention_maps(
     sinks = torch.zeros(batch, len(views), vis_index.shape[1], dtype=torch.bool)
     layer_sinks: dict[int, torch.Tensor] = {}
     rows = torch.arange(batch)
+    wanted = rows_selector(torch.unique(query_index), inputs.input_ids.shape[1])
 
     def on_resid(resid: torch.Tensor, hook: Any, layer: int) -> None:
         flags = phi(resid, dims or ()).cpu() >= tau
@@ -270,7 +282,9 @@ def attention_maps(
     def on_pattern(pattern: torch.Tensor, hook: Any, layer: int) -> None:
         # Gather only the chosen query rows and visual key columns: [batch, head, query, vis].
         device = pattern.device
-        picked = pattern[rows.to(device)[:, None], :, query_index.to(device)]
+        given = hook.ctx.get(ROWS_KEY)  # row-sparse route: only wanted_rows came
+        local = query_index if given is None else torch.searchsorted(given.cpu(), query_index)
+        picked = pattern[rows.to(device)[:, None], :, local.to(device)]
         picked = rearrange(picked, "batch query head key -> batch head query key")
         picked = picked.gather(
             -1,
@@ -293,8 +307,8 @@ def attention_maps(
     for layer in sorted({layer for layer, _ in views}):
         if dims:
             fwd.append((hooks.resid_pre(layer), bind(on_resid, layer)))
-        fwd.append((hooks.attn_pattern(layer), bind(on_pattern, layer)))
-    forward(model, inputs, fwd)
+        fwd.append((hooks.attn_pattern(layer), row_sparse_hook(bind(on_pattern, layer), wanted)))
+    forward(model, inputs, fwd, logits_to_keep=1)
     return AttentionMaps(
         attention=attention,
         sinks=sinks,
@@ -385,7 +399,7 @@ def token_states(
     def keep(resid: torch.Tensor, hook: Any) -> None:
         store["resid"] = resid[sample].detach().float().cpu()
 
-    forward(model, inputs, [(hooks.resid_pre(layer), keep)])
+    forward(model, inputs, [(hooks.resid_pre(layer), keep)], logits_to_keep=1)
     resid = store["resid"]
     scores = phi(resid, dims)
     if positions is None:
@@ -479,12 +493,14 @@ def attention_received(
     received = torch.zeros_like(phis)
     queries = inputs.queries.float()
     n_queries = queries.sum(-1).clamp_min(1)
+    wanted = rows_selector(torch.nonzero(inputs.queries.any(dim=0)).flatten(), n_pos)
 
     def on_resid(resid: torch.Tensor, hook: Any, slot: int) -> None:
         phis[:, slot] = phi(resid, dims).cpu()
 
     def on_pattern(pattern: torch.Tensor, hook: Any, slot: int) -> None:
-        q = queries.to(pattern.device)
+        given = hook.ctx.get(ROWS_KEY)  # row-sparse route: only the query rows came
+        q = (queries if given is None else queries.index_select(1, given.cpu())).to(pattern.device)
         per_key = einsum(pattern.float(), q, "batch head query key, batch query -> batch key")
         received[:, slot] = (
             per_key / (n_queries.to(pattern.device)[:, None] * pattern.shape[1])
@@ -493,8 +509,8 @@ def attention_received(
     fwd: list[tuple[str, HookFn]] = []
     for slot, layer in enumerate(chosen):
         fwd.append((hooks.resid_pre(layer), bind(on_resid, slot)))
-        fwd.append((hooks.attn_pattern(layer), bind(on_pattern, slot)))
-    forward(model, inputs, fwd)
+        fwd.append((hooks.attn_pattern(layer), row_sparse_hook(bind(on_pattern, slot), wanted)))
+    forward(model, inputs, fwd, logits_to_keep=1)
     valid = inputs.stack("attention_mask")
     bos = inputs.bos
     return ReceivedAttention(

@@ -209,7 +209,7 @@ def residual_contribution(
         fwd.append((hooks.resid_pre(layer), bind(on_resid, slot)))
         fwd.append((hooks.attn_v(layer), bind(on_value, slot)))
         fwd.append((hooks.attn_pattern(layer), bind(on_pattern, slot)))
-    forward(model, inputs, fwd)
+    forward(model, inputs, fwd, logits_to_keep=1)
     return ContributionResult(
         groups=list(GROUPS),
         contribution=contribution,

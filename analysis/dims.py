@@ -363,6 +363,7 @@ def discover_dims(
             model,
             batch,
             [(hooks.resid_pre(layer), bind(reduce, i)) for i, layer in enumerate(scanned)],
+            logits_to_keep=1,
         )
     if n_text == 0:
         raise ValueError(

@@ -169,7 +169,7 @@ def answer_logprobs(
 ) -> tuple[Float[torch.Tensor, "batch answer"], Float[torch.Tensor, "batch vocab"]]:
     """log p(first token of each answer | prompt), and the full next-token log-probs."""
     ids = answer_token_ids(model, answers)
-    logprobs = next_token_logprobs(forward(model, inputs, fwd_hooks)).cpu()
+    logprobs = next_token_logprobs(forward(model, inputs, fwd_hooks, logits_to_keep=1)).cpu()
     return logprobs[:, ids], logprobs
 
 

@@ -24,6 +24,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from analysis import hooks
+from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook
 from analysis.capture import HookFn, bind, forward, progress
 from analysis.checks import check_settings
 from analysis.results import ResultMixin, provenance
@@ -235,8 +236,15 @@ class HeadStatsHooks:
         out: list[tuple[str, HookFn]] = []
         for layer in range(self.n_layers):
             out.append((hooks.resid_pre(layer), bind(self._on_resid, layer)))
-            out.append((hooks.attn_pattern(layer), bind(self._on_pattern, layer)))
+            pattern_hook = row_sparse_hook(bind(self._on_pattern, layer), self._rows)
+            out.append((hooks.attn_pattern(layer), pattern_hook))
         return out
+
+    def _rows(self, n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
+        """Only the text-query rows of the prefill are read (none of a decoding step's)."""
+        if n_query != self.prefill_len:
+            return torch.zeros(0, dtype=torch.long, device=device)
+        return torch.nonzero(self.queries.any(dim=0)).flatten().to(device)
 
     def _on_resid(self, resid: torch.Tensor, hook: Any, layer: int) -> None:
         if resid.shape[1] != self.prefill_len:
@@ -247,11 +255,19 @@ class HeadStatsHooks:
         self.sink_counts[:, layer] = sinks.sum(-1).cpu()
 
     def _on_pattern(self, pattern: torch.Tensor, hook: Any, layer: int) -> None:
-        if pattern.shape[2] != self.prefill_len:
+        rows = hook.ctx.get(ROWS_KEY)
+        n_query = pattern.shape[2] if rows is None else int(hook.ctx[N_QUERY_KEY])
+        if n_query != self.prefill_len:
             return
+        if rows is None:  # the full pattern (eager layer): read the query rows alone
+            rows = self._rows(n_query, pattern.shape[3], pattern.device)
+            pattern = pattern.index_select(2, rows)
         visual = self.visual.to(pattern.device)
         s, r = image_attention_stats(pattern, visual=visual, sinks=self._sinks[layer])
-        self.s[:, layer], self.r[:, layer] = s.cpu(), r.cpu()
+        rows = rows.cpu()
+        queries = self.queries.index_select(1, rows)[:, None, :]
+        self.s[:, layer].index_copy_(-1, rows, s.cpu() * queries)
+        self.r[:, layer].index_copy_(-1, rows, r.cpu() * queries)
 
     def scores(self, *, rho: float, min_image_attention: float) -> HeadScores:
         return HeadScores(
@@ -269,5 +285,5 @@ def _score_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward with :class:`HeadStatsHooks`; returns s, r and which layers hold a sink."""
     stats = HeadStatsHooks(model, batch, dims=dims, tau=tau)
-    forward(model, batch, stats.fwd_hooks())
+    forward(model, batch, stats.fwd_hooks(), logits_to_keep=1)
     return stats.s, stats.r, stats.sink_counts > 0

@@ -6,7 +6,9 @@ supported families are declared in :data:`FAMILIES`; adding one means adding a
 :class:`FamilySpec` there and its token geometry in :mod:`analysis.tokens`.
 
 Numerics are raw HF numerics (the bridge's default): with no hooks attached the
-bridge's logits equal HF's eager logits.
+bridge's logits equal HF's eager logits (within fp tolerance: the language model's
+attention is routed per call, SDPA where no hook reads the pattern; see
+:mod:`analysis.attention`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Literal
 import torch
 from safetensors import SafetensorError
 
+from analysis.attention import install_attention_routing
 from analysis.compat import install_cache_compat
 
 log = logging.getLogger(__name__)
@@ -382,6 +385,7 @@ def load_model(
     bridge.eval()
     bridge.processor = processor
     install_cache_compat(bridge)
+    install_attention_routing(bridge)
     return _describe_loaded(bridge, processor, family, name, revision, is_local, torch_dtype)
 
 

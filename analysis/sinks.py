@@ -24,6 +24,7 @@ from einops import reduce
 from jaxtyping import Bool, Float
 
 from analysis import hooks
+from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
 from analysis.capture import bind, forward
 from analysis.checks import check_settings
 from analysis.results import ResultMixin, provenance
@@ -201,7 +202,7 @@ def find_sinks(
         phis[:, layer] = phi(resid, dims, eps).cpu()
 
     fwd = [(hooks.resid_pre(layer), bind(record, layer)) for layer in range(model.n_layers)]
-    forward(model, inputs, fwd)
+    forward(model, inputs, fwd, logits_to_keep=1)
     valid = inputs.stack("attention_mask")
     bos = inputs.bos
     return SinkResult(
@@ -326,13 +327,17 @@ def attention_mass_truth(
     received = torch.zeros(inputs.input_ids.shape, dtype=torch.float32)
 
     def accumulate(pattern: torch.Tensor, hook: Any) -> None:
-        q = queries.to(pattern.device).float()
+        given = hook.ctx.get(ROWS_KEY)  # row-sparse route: only the query rows came
+        q = (queries if given is None else queries.index_select(1, given.cpu())).float()
+        q = q.to(pattern.device)
         per_key = torch.einsum("bhqk,bq->bk", pattern.float(), q) / (
             q.sum(-1, keepdim=True) * pattern.shape[1]
         ).clamp_min(1)
         received.add_(per_key.cpu())
 
-    forward(model, inputs, [(hooks.attn_pattern(layer), accumulate) for layer in chosen])
+    wanted = rows_selector(torch.nonzero(queries.any(dim=0)).flatten(), inputs.input_ids.shape[1])
+    fwd = [(hooks.attn_pattern(layer), row_sparse_hook(accumulate, wanted)) for layer in chosen]
+    forward(model, inputs, fwd, logits_to_keep=1)
     truth = []
     for index, layout in enumerate(inputs.layouts):
         values = received[index, layout.geometry.positions]

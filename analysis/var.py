@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Bool
 
 from analysis import hooks
+from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook
 from analysis.capture import AttentionMaps, HookFn, attention_maps, forward
 from analysis.checks import ConfigError, check_choice, check_layers, check_settings
 from analysis.results import ResultMixin
@@ -338,6 +339,10 @@ class VarIntervention:
     def _pattern_hook(self, layer: int, slot: int) -> HookFn:
         def hook(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
             batch, n_heads, n_query, n_key = pattern.shape
+            # Row-sparse route (analysis.attention): only the rows named in ctx came.
+            given = hook.ctx.get(ROWS_KEY)
+            if given is not None:
+                n_query = int(hook.ctx[N_QUERY_KEY])
             device = pattern.device
             prefill = n_query == self.prefill_len
             # Tokens seen so far by this layer; the keys are the most recent n_key of
@@ -357,15 +362,15 @@ class VarIntervention:
             if prefill:
                 # Only text queries after the image may change, about a tenth of a
                 # LLaVA prompt's rows: the maths runs on those rows alone.
-                rows = self._query_rows.to(device)
-                part = pattern.index_select(2, rows)
+                rows = self._query_rows.to(device) if given is None else given.to(device)
+                part = pattern.index_select(2, rows) if given is None else pattern
                 queries = self.queries.to(device).index_select(1, rows)
                 self._accumulate("visual_sinks", slot, (masks[..., 0] * masks[..., 2]).sum(-1))
                 self._rows["prefill_rows"][slot] += self._n_queries * n_heads
             else:
                 part = pattern
-                queries = torch.ones(batch, n_query, dtype=torch.bool, device=device)
-                self._rows["decode_rows"][slot] += batch * n_query * n_heads
+                queries = torch.ones(batch, part.shape[2], dtype=torch.bool, device=device)
+                self._rows["decode_rows"][slot] += batch * part.shape[2] * n_heads
             selected = None
             if self.config.selection == "official":
                 selected = official_selection(
@@ -389,9 +394,15 @@ class VarIntervention:
             phase = "prefill" if prefill else "decode"
             self._accumulate(f"{phase}_changed", slot, changed.sum((1, 2)))
             self._accumulate(f"{phase}_mass", slot, moved.sum((1, 2)))
-            return pattern.index_copy(2, rows, new) if prefill else new
+            if prefill and given is None:
+                return pattern.index_copy(2, rows, new)
+            return new
 
-        return hook
+        def rows(n_query: int, n_key: int, device: torch.device) -> torch.Tensor | None:
+            # The prefill's text-query rows; a decoding step's rows are all new tokens.
+            return self._query_rows.to(device) if n_query == self.prefill_len else None
+
+        return row_sparse_hook(hook, rows)
 
     def _redistribute(
         self,

@@ -121,17 +121,10 @@ def _details_lines(metrics: list[dict[str, Any]]) -> list[str]:
             secs = d.get("median_seconds", {})
             lines.append(
                 f"- `{model}` forward medians (s): plain {secs.get('plain', 0):.4f}, "
-                f"hooked {secs.get('hooked', 0):.4f}, VAR {secs.get('var', 0):.4f}, "
-                f"naive VAR {secs.get('naive', 0):.4f}; VAR changed "
+                f"hooked {secs.get('hooked', 0):.4f}, VAR {secs.get('var', 0):.4f}; VAR changed "
                 f"{d.get('rows_changed')} of {d.get('prefill_rows')} eligible rows in layers "
                 f"{d.get('var_layers')} (visual sinks per layer {d.get('visual_sinks_per_layer')}, "
                 f"max logit change {d.get('max_logit_change', 0):.3g})."
-            )
-        elif mid.startswith("var.naive_vs_vectorised"):
-            lines.append(
-                f"- `{model}` naive loop vs vectorised VAR: same {d.get('rows_changed')} rows "
-                f"changed, max logit difference {d.get('max_logit_diff_vs_vectorised', 0):.2g}; "
-                f"naive VAR / hooked forward {d.get('naive_overhead_vs_hooked', 0):.3f}x."
             )
         elif mid.startswith("var.generation_tokens_per_s"):
             tps, dps = d.get("tokens_per_s", {}), d.get("decode_tokens_per_s", {})
@@ -192,9 +185,10 @@ STATIC_NOTES = """\
   give ~2% of the benchmark image's visual tokens a massive activation in sink
   dim 1415; VAR is then run on every layer (a 7B's default is 29 of 32), and the
   number of rows it changed is reported, so a no-op cannot pass as fast.
-- The naive reference applies the same rule with a Python loop over heads and
-  query rows (the official code loops over heads), at the same hook point; its
-  logits are checked against the vectorised VAR's on every run.
+- The earlier "naive per-head loop / vectorised VAR" ratio is gone: both cost
+  ~2% of a forward, so it measured nothing a user feels. What replaced it is the
+  attention section below (benchmarks/attention.py): peak memory above the
+  weights and time of eager vs routed attention, VAR and knock-out, at real widths.
 - Generation: `analysis.generation.generate`, greedy, KV cache, EOS disabled so
   both variants make exactly 32 tokens; "decoding" excludes the prefill step.
 - Memory: one fresh process per N; the peak is the process's VmHWM, reset after
@@ -212,7 +206,33 @@ STATIC_NOTES = """\
 """
 
 
-def render(payload: dict[str, Any]) -> str:
+def _attention_section(attention: dict[str, Any]) -> str:
+    """benchmarks/attention.py's report (its JSON), one heading level down."""
+    import attention as attention_bench
+
+    text = attention_bench.markdown(attention)
+    demoted = [("#" + line) if line.startswith("#") else line for line in text.splitlines()]
+    gpu = HERE / "gpu" / "results.json"
+    demoted += [
+        "",
+        "GPU (LLaVA-1.5-7B shape, all 32 layers, bf16, batch 1 / 4 / 8): "
+        + (
+            "see [gpu/RESULTS.md](gpu/RESULTS.md)."
+            if gpu.is_file()
+            else "**not run yet**: no GPU machine was available; `make bench-gpu` is ready "
+            "([gpu/README.md](gpu/README.md))."
+        ),
+    ]
+    return "\n".join(demoted)
+
+
+ATTENTION_RESULTS = HERE / "attention_results.json"
+
+
+def render(payload: dict[str, Any], attention_results: Path | None = ATTENTION_RESULTS) -> str:
+    """RESULTS.md from run.py's payload, with benchmarks/attention.py's results when present."""
+    if attention_results is not None and attention_results.is_file() and "attention" not in payload:
+        payload = {**payload, "attention": json.loads(attention_results.read_text())}
     machine, settings = payload.get("machine", {}), payload.get("settings", {})
     metrics = payload.get("metrics", [])
     lines = [
@@ -247,6 +267,9 @@ def render(payload: dict[str, Any]) -> str:
     notes = payload.get("notes")
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    attention = payload.get("attention")
+    if attention:
+        lines += [_attention_section(attention), ""]
     lines += [STATIC_NOTES, "## Machine", "", *_machine_rows(machine, settings), ""]
     models = payload.get("models", {})
     if models:

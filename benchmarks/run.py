@@ -7,7 +7,8 @@
 Areas (``--areas``, default all):
 
 * ``forward``: plain HF eager forward vs the bridge's hooked forward (no hooks),
-  VAR prefill vs hooked, and a naive per-head per-row loop vs vectorised VAR;
+  and VAR prefill vs hooked (eager vs routed attention, VAR row-sparse, knock-outs
+  and peak memory at real widths: benchmarks/attention.py);
 * ``generation``: greedy generation with a KV cache, 32 new tokens, with and
   without VAR (tokens/s end to end and decode only);
 * ``memory``: peak memory of ``score_heads`` + ``find_sinks`` over N images
@@ -74,7 +75,7 @@ def log(message: str) -> None:
 def bench_forward(
     bm: BenchModel, *, repeats: int, device: torch.device, warmup: Sequence[str] | None = None
 ) -> list[Metric]:
-    """Plain HF vs hooked forward; VAR prefill vs hooked; naive loop vs vectorised VAR."""
+    """Plain HF vs hooked forward; VAR prefill vs hooked."""
     from analysis.capture import forward
     from analysis.var import VarConfig, VarIntervention
 
@@ -98,14 +99,9 @@ def bench_forward(
         last["var"] = forward(loaded, inputs, intervention.fwd_hooks())
         last["var_record"] = intervention.record()
 
-    def naive() -> None:
-        reference = common.NaiveVar(loaded, inputs, dims=bm.dims, config=config)
-        last["naive"] = forward(loaded, inputs, reference.fwd_hooks())
-        last["naive_changed"] = reference.changed
-
-    log(f"{bm.key}: forward x4 variants, {repeats} repeats")
+    log(f"{bm.key}: forward x3 variants, {repeats} repeats")
     samples = common.interleaved(
-        {"plain": plain, "hooked": hooked, "var": var, "naive": naive},
+        {"plain": plain, "hooked": hooked, "var": var},
         repeats=repeats,
         device=device,
         warmup=warmup,
@@ -113,21 +109,11 @@ def bench_forward(
     del twin
     record = last["var_record"]
     summary = record.summary()
-    # Guards: a no-op VAR or a wrong reference must not pass as fast.
+    # Guard: a no-op VAR must not pass as fast.
     parity = float((last["plain"].float() - last["hooked"].float()).abs().max())
-    naive_gap = float((last["naive"].float() - last["var"].float()).abs().max())
     var_effect = float((last["var"].float() - last["hooked"].float()).abs().max())
     if summary["noop"]:
         raise RuntimeError(f"{bm.key}: VAR changed no row; the timing would be meaningless.")
-    if last["naive_changed"] != record.total_changed:
-        raise RuntimeError(
-            f"{bm.key}: naive VAR changed {last['naive_changed']} rows, "
-            f"vectorised {record.total_changed}."
-        )
-    tolerance = 1e-3 if loaded.dtype == torch.float32 else 5e-2
-    scale = float(last["var"].float().abs().max())
-    if naive_gap > tolerance * max(scale, 1.0):
-        raise RuntimeError(f"{bm.key}: naive and vectorised VAR logits differ by {naive_gap}.")
     seconds = {name: common.median(values) for name, values in samples.wall.items()}
     var_details = {
         "rows_changed": record.total_changed,
@@ -164,21 +150,6 @@ def bench_forward(
             op="<=",
             threshold=VAR_PREFILL_MAX,
             details={**common_details, **samples.checks("var", "hooked"), **var_details},
-        ),
-        Metric(
-            id=f"var.naive_vs_vectorised.{bm.key}",
-            area="forward",
-            model=bm.key,
-            name="naive per-head per-row loop VAR / vectorised VAR, prefill time",
-            value=samples.ratio("naive", "var"),
-            unit="x",
-            details={
-                **common_details,
-                **samples.checks("naive", "var"),
-                "rows_changed": last["naive_changed"],
-                "max_logit_diff_vs_vectorised": naive_gap,
-                "naive_overhead_vs_hooked": samples.ratio("naive", "hooked"),
-            },
         ),
     ]
 

@@ -49,7 +49,6 @@ def test_smoke_run_has_every_metric(bench: Any, tmp_path: Path) -> None:
     expected = {
         "forward.hooked_vs_plain.demo",
         "var.prefill_vs_hooked.demo",
-        "var.naive_vs_vectorised.demo",
         "var.generation_tokens_per_s.demo",
         "var.decode_tokens_per_s.demo",
         "batch.items_per_s_b4_vs_b1.demo",
@@ -61,9 +60,8 @@ def test_smoke_run_has_every_metric(bench: Any, tmp_path: Path) -> None:
     }
     assert expected <= ids
     by_id = {m["id"]: m for m in payload["metrics"]}
-    # VAR did something, and the naive reference agreed with it.
+    # VAR did something.
     assert by_id["var.prefill_vs_hooked.demo"]["details"]["rows_changed"] > 0
-    assert by_id["var.naive_vs_vectorised.demo"]["details"]["max_logit_diff_vs_vectorised"] < 1e-3
     assert by_id["forward.hooked_vs_plain.demo"]["details"]["max_logit_diff"] < 1e-4
     assert payload["machine"]["torch"]
     text = md.read_text()

@@ -10,6 +10,7 @@ from transformers import AutoModelForImageTextToText
 from typer.testing import CliRunner
 
 from analysis.ablation import ablate
+from analysis.attention import eager_attention
 from analysis.capture import forward
 from analysis.cli import app
 from analysis.dims import discover_dims
@@ -129,9 +130,13 @@ def test_answers_and_var_on_the_bundled_questions(demo):
     positives = torch.tensor([label == "yes" for label in labels])
     assert margin[positives].mean() > 0.2  # VAR strengthens the image evidence for "yes"
     assert ["yes" if r[0] > r[1] else "no" for r in with_var] == labels
-    # p = 0 reproduces the baseline logits exactly.
+    # p = 0 reproduces the baseline logits exactly on one attention path, and within
+    # fp32 tolerance across paths (row-sparse VAR vs SDPA baseline).
+    with eager_attention(demo):
+        logits, _ = run_with_var(demo, inputs, dims=TRUTH["sink_dims"], config=VarConfig(p=0.0))
+        assert torch.equal(logits, forward(demo, inputs))
     logits, _ = run_with_var(demo, inputs, dims=TRUTH["sink_dims"], config=VarConfig(p=0.0))
-    assert torch.equal(logits, forward(demo, inputs))
+    torch.testing.assert_close(logits, forward(demo, inputs), atol=1e-5, rtol=0)
 
 
 def test_var_raises_object_attention_in_image_centric_heads(demo):

@@ -7,6 +7,7 @@ import torch
 from conftest import make_image
 
 from analysis import hooks
+from analysis.attention import eager_attention
 from analysis.capture import bind, forward
 from analysis.generation import generate
 from analysis.testing.planted import object_truth, sink_truth
@@ -55,15 +56,18 @@ def test_config_validation():
 
 
 def test_p_zero_is_exact_identity(tiny):
+    # Bit for bit on one attention path (the eager one: the fast route recomputes the
+    # VAR rows explicitly, equal to SDPA's within fp tolerance, see test_attention_routing).
     inputs = _inputs(tiny)
-    base = forward(tiny, inputs)
-    logits, record = run_with_var(
-        tiny,
-        inputs,
-        dims=None,
-        sinks=_planted_sinks(inputs),
-        config=VarConfig(p=0.0, rho=0, min_image_attention=0, layers=(1, 2)),
-    )
+    with eager_attention(tiny):
+        base = forward(tiny, inputs)
+        logits, record = run_with_var(
+            tiny,
+            inputs,
+            dims=None,
+            sinks=_planted_sinks(inputs),
+            config=VarConfig(p=0.0, rho=0, min_image_attention=0, layers=(1, 2)),
+        )
     assert torch.equal(base, logits)
     assert record.total_mass == 0.0
 
@@ -89,10 +93,13 @@ def test_hooks_match_hand_written_reference(tiny):
             min_image_attention=0.0,
         )
 
-    expected = forward(tiny, inputs, [(hooks.attn_pattern(layer), reference) for layer in (1, 2)])
-    logits, record = run_with_var(tiny, inputs, dims=None, sinks=sinks, config=LOOSE)
+    with eager_attention(tiny):  # bit for bit: one attention path for both
+        expected = forward(
+            tiny, inputs, [(hooks.attn_pattern(layer), reference) for layer in (1, 2)]
+        )
+        logits, record = run_with_var(tiny, inputs, dims=None, sinks=sinks, config=LOOSE)
+        base = forward(tiny, inputs)
     assert torch.equal(logits, expected)
-    base = forward(tiny, inputs)
     assert (logits - base).abs().max() > 1e-4
     assert sum(record.prefill_changed) > 0
     assert record.prefill_rows == [int(queries.sum()) * tiny.n_heads] * 2
@@ -106,16 +113,18 @@ def test_no_visual_sink_means_no_change(tiny):
     only_bos = torch.zeros(inputs.input_ids.shape, dtype=torch.bool)
     for index, layout in enumerate(inputs.layouts):
         only_bos[index, layout.bos_position] = True
-    base = forward(tiny, inputs)
-    logits, record = run_with_var(tiny, inputs, dims=None, sinks=only_bos, config=LOOSE)
+    with eager_attention(tiny):
+        base = forward(tiny, inputs)
+        logits, record = run_with_var(tiny, inputs, dims=None, sinks=only_bos, config=LOOSE)
     assert torch.equal(base, logits)
     assert record.summary()["noop"] is True
 
 
 def test_phi_sinks_on_random_model_are_a_recorded_noop(tiny):
     inputs = _inputs(tiny)
-    logits, record = run_with_var(tiny, inputs, dims=[0, 1], config=VarConfig(layers=(1, 2)))
-    assert torch.equal(logits, forward(tiny, inputs))
+    with eager_attention(tiny):
+        logits, record = run_with_var(tiny, inputs, dims=[0, 1], config=VarConfig(layers=(1, 2)))
+        assert torch.equal(logits, forward(tiny, inputs))
     assert record.visual_sinks == [0, 0]
 
 
