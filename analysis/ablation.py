@@ -136,7 +136,7 @@ class KnockOut:
                         f"Position {p} outside the prompt (length {self.prefill_len})."
                     )
                 explicit[:, int(p)] = True
-            self._explicit = explicit & self.valid
+            self._explicit: torch.Tensor | None = explicit & self.valid
         else:
             self._explicit = None
 
@@ -300,13 +300,11 @@ def ablate(
 
     check_settings(tau=tau, draws=draws, seed=seed)
     base_lp, base_full = answer_logprobs(model, inputs, answers)
-    conditions, logprobs, kls, greedy, blocked = (
-        ["baseline"],
-        [base_lp],
-        [torch.zeros(inputs.batch_size)],
-        [],
-        [{}],
-    )
+    conditions: list[str] = ["baseline"]
+    logprobs = [base_lp]
+    kls = [torch.zeros(inputs.batch_size)]
+    greedy: list[list[str]] = []
+    blocked: list[dict[int, list[int]]] = [{}]
     greedy.append(decode_tokens(model, base_full.argmax(-1).tolist()))
     for target in targets:
         for draw in range(draws if target == "random" else 1):

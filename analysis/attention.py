@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from jaxtyping import Bool, Int
@@ -116,15 +116,15 @@ def _user_hooks(point: torch.nn.Module) -> list[Callable[..., Any]] | None:
     if raw != len(handles) or getattr(point, "bwd_hooks", None):
         return None
     fns = [getattr(handle, "user_hook", None) for handle in handles]
-    return None if any(fn is None for fn in fns) else fns
+    return None if any(fn is None for fn in fns) else [fn for fn in fns if fn is not None]
 
 
 def plan(attn: torch.nn.Module) -> tuple[Route, list[ScoreMask], list[RowSelector]]:
     """The route of one attention bridge for the hooks attached now (see module doc)."""
     if getattr(attn, _FORCE_EAGER, False) or not routable(attn):
         return "eager", [], []
-    score_fns = _user_hooks(attn.hook_attn_scores)
-    pattern_fns = _user_hooks(attn.hook_pattern)
+    score_fns = _user_hooks(cast(torch.nn.Module, attn.hook_attn_scores))
+    pattern_fns = _user_hooks(cast(torch.nn.Module, attn.hook_pattern))
     if score_fns is None or pattern_fns is None:
         return "eager", [], []
     masks = [getattr(fn, SCORE_MASK_ATTR, None) for fn in score_fns]

@@ -19,7 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from safetensors import SafetensorError
@@ -373,7 +373,8 @@ def load_model(
             ) from err
         hf_model.eval()
         if device_map is None:
-            hf_model.to(torch_device)
+            # transformers types .to() through a decorator that mypy reads wrongly.
+            cast(Any, hf_model).to(torch_device)
         with _processor_handed_over(processor):
             bridge = TransformerBridge.boot_transformers(
                 name,

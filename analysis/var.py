@@ -455,18 +455,18 @@ class VarIntervention:
         ]
 
     def record(self) -> VarRecord:
-        counts = {
-            **self._rows,
-            **{
-                key: [int(v) for v in self._sums(key, 1)]
-                for key in ("prefill_changed", "decode_changed", "visual_sinks")
-            },
-        }
-        mass = {key: self._sums(key, 1) for key in ("prefill_mass", "decode_mass")}
+        def counts(key: str) -> list[int]:
+            return [int(v) for v in self._sums(key, 1)]
+
         return VarRecord(
             layers=list(self.layers),
-            **counts,
-            **mass,
+            prefill_rows=self._rows["prefill_rows"],
+            prefill_changed=counts("prefill_changed"),
+            prefill_mass=self._sums("prefill_mass", 1),
+            decode_rows=self._rows["decode_rows"],
+            decode_changed=counts("decode_changed"),
+            decode_mass=self._sums("decode_mass", 1),
+            visual_sinks=counts("visual_sinks"),
             config={"var": self.config.to_dict(), "dims": self.dims},
         )
 
