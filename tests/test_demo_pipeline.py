@@ -136,7 +136,8 @@ def test_answers_and_var_on_the_bundled_questions(demo):
         logits, _ = run_with_var(demo, inputs, dims=TRUTH["sink_dims"], config=VarConfig(p=0.0))
         assert torch.equal(logits, forward(demo, inputs))
     logits, _ = run_with_var(demo, inputs, dims=TRUTH["sink_dims"], config=VarConfig(p=0.0))
-    torch.testing.assert_close(logits, forward(demo, inputs), atol=1e-5, rtol=0)
+    # Routed paths differ in summation order only: fp32 noise relative to logits of ~15.
+    torch.testing.assert_close(logits, forward(demo, inputs), atol=1e-5, rtol=1e-5)
 
 
 def test_var_raises_object_attention_in_image_centric_heads(demo):
