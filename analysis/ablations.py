@@ -97,13 +97,8 @@ def image_centric_rows(
     """VAR's selection without its target check: allowed query, visual sink in the
     sample, ``s >= min_image_attention`` and ``r >= rho``."""
     s, r = image_attention_stats(pattern, visual=visual, sinks=sinks)
-    has_visual_sink = (visual & sinks).any(-1)
-    return (
-        queries[:, None, :]
-        & has_visual_sink[:, None, None]
-        & (s >= min_image_attention)
-        & (r >= rho)
-    )
+    allowed = all_rows(pattern, visual=visual, sinks=sinks, queries=queries)
+    return allowed & (s >= min_image_attention) & (r >= rho)
 
 
 def all_rows(

@@ -201,14 +201,8 @@ def build_llava_next(spec: TinySpec) -> tuple[Any, Any]:
     return model, processor
 
 
-def build_gemma3(spec: TinySpec) -> tuple[Any, Any]:
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForConditionalGeneration,
-        Gemma3ImageProcessor,
-        Gemma3Processor,
-    )
-
+def gemma3_tokenizer() -> Any:
+    """The word tokenizer with Gemma 3's special tokens (tiny and planted models share it)."""
     specials = {
         "bos": "<bos>",
         "eos": "<eos>",
@@ -218,7 +212,18 @@ def build_gemma3(spec: TinySpec) -> tuple[Any, Any]:
         "start_turn": "<start_of_turn>",
         "end_turn": "<end_of_turn>",
     }
-    tok = word_tokenizer(specials, "<bos>", extra_words=("user", "model"))
+    return word_tokenizer(specials, "<bos>", extra_words=("user", "model"))
+
+
+def build_gemma3(spec: TinySpec) -> tuple[Any, Any]:
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+    )
+
+    tok = gemma3_tokenizer()
     text = _text_kwargs(spec, len(tok), tok)
     text.update(
         head_dim=spec.d_head or spec.d_model // spec.n_heads,

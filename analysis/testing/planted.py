@@ -770,19 +770,10 @@ def _build_gemma3(spec: PlantedSpec) -> tuple[Any, Any]:
         Gemma3Processor,
     )
 
-    from analysis.tiny import _GEMMA3_TEMPLATE, word_tokenizer
+    from analysis.tiny import _GEMMA3_TEMPLATE, gemma3_tokenizer
 
     plan = _Plan(spec)
-    specials = {
-        "bos": "<bos>",
-        "eos": "<eos>",
-        "boi_token": "<start_of_image>",
-        "eoi_token": "<end_of_image>",
-        "image_token": "<image_soft_token>",
-        "start_turn": "<start_of_turn>",
-        "end_turn": "<end_of_turn>",
-    }
-    tok = word_tokenizer(specials, "<bos>", extra_words=("user", "model"))
+    tok = gemma3_tokenizer()
     size = image_size(spec)
     text = {
         "vocab_size": len(tok),
