@@ -23,7 +23,7 @@ import torch
 from einops import reduce
 from jaxtyping import Bool, Float
 
-from analysis import hooks
+from analysis import config, hooks
 from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
 from analysis.capture import bind, forward
 from analysis.checks import check_settings
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from analysis.loading import LoadedModel
     from analysis.tokens import ModelInputs, TokenLayout
 
-DEFAULT_TAU = 20.0
+DEFAULT_TAU = config.TAU
 RMS_EPS = 1e-6
 
 
