@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analysis.errors import UserInputError
 from analysis.tokens import IMAGE_SUFFIXES, ImageError, load_image
 
 # Accepted spellings of each field, in order of preference (LLaVA/POPE first).
@@ -37,7 +38,7 @@ LABEL_KEYS = ("label", "answer")
 IMAGE_KEYS = ("image",)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserInputError):
     """A question file or image folder is unusable; the message says where and why."""
 
 

@@ -52,6 +52,7 @@ from jaxtyping import Bool, Float
 from analysis import hooks
 from analysis.capture import bind, forward, progress
 from analysis.checks import FRACTION, check_layers, check_settings
+from analysis.errors import UserInputError
 from analysis.results import ResultMixin, provenance
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class NoSinkDimsWarning(UserWarning):
     """Discovery found no sink dim; the message names the closest candidate."""
 
 
-class NoSinkDimsError(ValueError):
+class NoSinkDimsError(UserInputError):
     """A command that needs sink dims got none (discovery found none, none were given)."""
 
 

@@ -72,6 +72,7 @@ from analysis.ablations import TARGETS as VAR_TARGETS
 from analysis.capture import HookFn, batched, progress
 from analysis.checks import check_settings
 from analysis.datasets import DatasetError, Item, fingerprint
+from analysis.errors import UserInputError
 from analysis.fsio import check_output_dir, exclusive_lock, write_atomic
 from analysis.generation import answer_logprobs, answer_token_ids, generate, next_token_logprobs
 from analysis.heads import RHO_PRESETS, HeadStatsHooks
@@ -97,7 +98,7 @@ FORMAT_VERSION = 2
 POPE_FORMAT_VERSION = 1
 
 
-class EvalError(ValueError):
+class EvalError(UserInputError):
     """A run folder or its configuration is unusable; the message says why and what to do."""
 
 

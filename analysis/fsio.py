@@ -28,12 +28,14 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from analysis.errors import UserInputError
 
-class OutputError(ValueError):
+
+class OutputError(UserInputError):
     """An output path cannot be written; the message names it and says why."""
 
 
-class LockError(ValueError):
+class LockError(UserInputError):
     """The run folder is locked by another writer; the message names it and what to do."""
 
 

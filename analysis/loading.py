@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 
 from analysis.attention import install_attention_routing
 from analysis.compat import install_cache_compat
+from analysis.errors import VsinkError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ Layout = Literal["grid", "anyres", "pooled_grid"]
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo" / "model"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(VsinkError, RuntimeError):
     """The model could not be loaded; the message says why and what to do."""
 
 

@@ -24,6 +24,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from PIL import Image, UnidentifiedImageError
 
+from analysis.errors import UserInputError, VsinkError
+
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
 
@@ -34,11 +36,11 @@ ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
 MAX_LENGTH_KEY = "max_length"
 
 
-class ImageError(ValueError):
+class ImageError(UserInputError):
     """An image could not be read or is unusable; the message says which and why."""
 
 
-class GeometryError(RuntimeError):
+class GeometryError(VsinkError, RuntimeError):
     """The visual tokens in the sequence do not match the geometry the config implies."""
 
 
