@@ -1,5 +1,9 @@
 """Attention routing: pay for the explicit pattern only where a hook reads it.
 
+(Over 500 lines on purpose: the fast forward of TransformerLens' attention
+bridges and :func:`hooked_attention`, the attention function for HF-native
+layers, share one route planner and one SDPA + explicit-rows kernel.)
+
 TransformerLens's attention bridges recompute attention eagerly so that
 ``hook_attn_scores`` and ``hook_pattern`` can fire: every layer builds a
 [batch, head, query, key] score matrix and its softmax, 706 MB per layer at
@@ -45,6 +49,16 @@ the context holds neither key and the hook receives the full pattern. So a
 hook tells the two apart by ``ROWS_KEY in hook.ctx``, and must handle both;
 what it returns replaces the rows it received.
 
+HF-native attention (Qwen2.5-VL, Qwen3-VL)
+-----------------------------------------
+Where TransformerLens leaves attention to the HF module (mRoPE),
+:func:`install_native_routing` registers :func:`hooked_attention` with
+transformers' ``AttentionInterface`` and points the text config at it: the HF
+module then hands its rotated Q, K, V to this module, which routes them the
+same way (SDPA, additive score masks, row-sparse rows, or eager with
+``hook_attn_scores`` on the pre-softmax scores and ``hook_pattern`` on the
+pattern it multiplies by V), so edits take effect on these families too.
+
 The router keeps no state between calls: the route depends only on the hooks
 attached during the call, so the same loaded model runs eager under a
 pattern capture and SDPA in the next plain forward.
@@ -57,12 +71,17 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
 
 Route = Literal["eager", "sdpa", "rows"]
+
+#: The name :func:`hooked_attention` is registered under in transformers' AttentionInterface.
+HOOKED_ATTENTION = "vsink_eager"
+# Key, in an HF attention module's __dict__, of the attention bridge whose hooks it runs.
+_BRIDGE_OF = "_vsink_attention_bridge"
 
 # Attributes a hook function carries to opt into a fast route.
 SCORE_MASK_ATTR = "vsink_score_mask"
@@ -78,6 +97,7 @@ RowSelector = Callable[[int, int, torch.device], "Int[torch.Tensor, ' row'] | No
 
 _FORCE_EAGER = "_vsink_force_eager"
 _ROUTED = "_vsink_routed"
+_NATIVE_ROUTED = "_vsink_native_routed"
 
 
 def score_mask_hook(hook: Callable[..., Any], blocked: ScoreMask) -> Callable[..., Any]:
@@ -123,6 +143,11 @@ def plan(attn: torch.nn.Module) -> tuple[Route, list[ScoreMask], list[RowSelecto
     """The route of one attention bridge for the hooks attached now (see module doc)."""
     if getattr(attn, _FORCE_EAGER, False) or not routable(attn):
         return "eager", [], []
+    return plan_hooks(attn)
+
+
+def plan_hooks(attn: torch.nn.Module) -> tuple[Route, list[ScoreMask], list[RowSelector]]:
+    """The route the hooks attached now to ``attn``'s score and pattern points allow."""
     score_fns = _user_hooks(cast(torch.nn.Module, attn.hook_attn_scores))
     pattern_fns = _user_hooks(cast(torch.nn.Module, attn.hook_pattern))
     if score_fns is None or pattern_fns is None:
@@ -215,7 +240,11 @@ def remove_attention_routing(bridge: torch.nn.Module) -> int:
 def eager_attention(model: LoadedModel) -> Iterator[None]:
     """Every attention layer of ``model`` runs the bridge's eager forward inside this block
     (the reference the fast routes are tested against)."""
-    modules = [m for m in model.bridge.modules() if getattr(m, _ROUTED, False)]
+    modules = [
+        m
+        for m in model.bridge.modules()
+        if getattr(m, _ROUTED, False) or getattr(m, _NATIVE_ROUTED, False)
+    ]
     for module in modules:
         setattr(module, _FORCE_EAGER, True)
     try:
@@ -333,10 +362,37 @@ def _fast_forward(
     groups = getattr(hf_attn, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scaling = getattr(hf_attn, "scaling", head_dim**-0.5)
+    output = attend(self, query, key, value, attention_mask, scaling, masks, selectors)
+    output = output.transpose(1, 2).contiguous().reshape(*input_shape, -1)
+    o_weight = getattr(getattr(self.o, "original_component", None), "weight", None)
+    if (
+        isinstance(o_weight, torch.Tensor)
+        and o_weight.dtype.is_floating_point
+        and output.dtype != o_weight.dtype
+    ):
+        output = output.to(dtype=o_weight.dtype)
+    output = self.hook_out(self.o(output))
+    return output, None
 
+
+def attend(
+    self: Any,
+    query: Float[torch.Tensor, "batch head query d_head"],
+    key: Float[torch.Tensor, "batch head key d_head"],
+    value: Float[torch.Tensor, "batch head key d_head"],
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    masks: list[ScoreMask],
+    selectors: list[RowSelector],
+) -> Float[torch.Tensor, "batch head query d_head"]:
+    """SDPA (plus the explicit rows the row-sparse hooks ask for) on K/V already GQA-expanded.
+
+    ``self`` is the attention bridge whose ``hook_pattern`` the explicit rows run through;
+    ``attention_mask`` is whatever the HF model passed (4D additive, bool, 2D or None).
+    """
     batch, _, n_query, _ = query.shape
     n_key = key.shape[-2]
-    scaling = getattr(hf_attn, "scaling", head_dim**-0.5)
     # The additive mask the eager path adds to its scores, built on a [batch, 1, q, k] zero.
     mask = self._apply_reconstruct_attention_mask(
         attn_scores=query.new_zeros(batch, 1, n_query, n_key),
@@ -366,17 +422,7 @@ def _fast_forward(
             part = pattern_rows(query, key, mask, rows, scaling)
             part = _run_pattern_hook(self, part, rows, n_query)
             output = output.index_copy(2, rows, torch.matmul(part, value))
-
-    output = output.transpose(1, 2).contiguous().reshape(*input_shape, -1)
-    o_weight = getattr(getattr(self.o, "original_component", None), "weight", None)
-    if (
-        isinstance(o_weight, torch.Tensor)
-        and o_weight.dtype.is_floating_point
-        and output.dtype != o_weight.dtype
-    ):
-        output = output.to(dtype=o_weight.dtype)
-    output = self.hook_out(self.o(output))
-    return output, None
+    return output
 
 
 def _run_pattern_hook(
@@ -395,3 +441,136 @@ def _run_pattern_hook(
 def route_of(model: LoadedModel, layer: int) -> Route:
     """The route layer ``layer`` would take with the hooks attached now (for tests, docs)."""
     return plan(model.bridge.blocks[layer].attn)[0]
+
+
+# ----------------------------------------------------------------------------- HF-native attention
+
+
+def register_attention_function() -> None:
+    """Register :func:`hooked_attention` (and HF's eager mask for it) under :data:`HOOKED_ATTENTION`.
+
+    A name -> function entry in transformers' attention registries, the same
+    function every time (idempotent).
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(HOOKED_ATTENTION, hooked_attention)
+    AttentionMaskInterface.register(HOOKED_ATTENTION, eager_mask)
+
+
+def install_native_routing(bridge: torch.nn.Module) -> int:
+    """Route the language model's HF-native attention through :func:`hooked_attention`.
+
+    Some adapters (Qwen2.5-VL, Qwen3-VL: mRoPE) leave attention to the HF
+    module, which fires ``hook_pattern`` only after it has used the pattern, so
+    edits there are discarded. HF's attention modules call whatever function
+    their config's ``_attn_implementation`` names; this points the text
+    config at :data:`HOOKED_ATTENTION` and tells each HF attention module
+    which bridge's hook points to run. Returns how many layers were routed.
+    """
+    register_attention_function()
+    hf_model = bridge.original_model  # type: ignore[attr-defined]
+    count = 0
+    for block in bridge.blocks:  # type: ignore[attr-defined]
+        attn = block.attn
+        hf_attn = getattr(attn, "original_component", None)
+        if hf_attn is None or not getattr(attn, "maintain_native_attention", False):
+            continue
+        # Straight into __dict__: a module attribute would register the bridge as a
+        # submodule of the HF model (duplicate hook names, a cycle in .modules()).
+        hf_attn.__dict__[_BRIDGE_OF] = attn
+        setattr(attn, _NATIVE_ROUTED, True)
+        count += 1
+    if count:
+        _set_text_attention(hf_model, HOOKED_ATTENTION)
+    return count
+
+
+def remove_native_routing(bridge: torch.nn.Module) -> int:
+    """Undo :func:`install_native_routing`: the HF modules compute attention eagerly themselves."""
+    count = 0
+    for block in bridge.blocks:  # type: ignore[attr-defined]
+        attn = block.attn
+        if getattr(attn, _NATIVE_ROUTED, False):
+            attn.original_component.__dict__.pop(_BRIDGE_OF, None)
+            setattr(attn, _NATIVE_ROUTED, False)
+            count += 1
+    if count:
+        _set_text_attention(bridge.original_model, "eager")  # type: ignore[attr-defined]
+    return count
+
+
+def _set_text_attention(hf_model: Any, implementation: str) -> None:
+    """Set the attention implementation of the text model only (the vision tower keeps its own)."""
+    text_config = hf_model.config.get_text_config()
+    if text_config is hf_model.config:
+        hf_model.set_attn_implementation(implementation)
+        return
+    key = next(
+        (k for k in hf_model.config.sub_configs if getattr(hf_model.config, k) is text_config),
+        None,
+    )
+    if key is None:
+        raise RuntimeError(f"{type(hf_model).__name__}: cannot find the text config to route.")
+    hf_model.set_attn_implementation({key: implementation})
+
+
+def hooked_attention(
+    module: torch.nn.Module,
+    query: Float[torch.Tensor, "batch head query d_head"],
+    key: Float[torch.Tensor, "batch kv_head key d_head"],
+    value: Float[torch.Tensor, "batch kv_head key d_head"],
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Float[torch.Tensor, "batch query head d_head"], None]:
+    """An HF attention function whose scores and pattern pass through the bridge's hook points.
+
+    Called by the HF attention module with Q and K already rotated (mRoPE) and
+    K/V already extended by the cache. Routed per call like the other families:
+    SDPA where no hook reads the pattern, score masks folded into SDPA's mask,
+    row-sparse pattern hooks on their rows only, and otherwise the eager path:
+    scores = QK^T * scale + mask -> ``hook_attn_scores`` -> float32 softmax ->
+    ``hook_pattern`` -> pattern @ V, as TransformerLens' own attention bridges.
+
+    Returns no attention weights: the bridge would otherwise fire its hooks a
+    second time, after the fact, on them.
+    """
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    attn = module.__dict__.get(_BRIDGE_OF)
+    if attn is None:
+        raise RuntimeError(
+            f"{type(module).__name__} runs {HOOKED_ATTENTION!r} attention but is linked to no "
+            "attention bridge; route it with install_native_routing."
+        )
+    if hasattr(attn, "hook_rot_q"):
+        query = attn.hook_rot_q(query)
+    if hasattr(attn, "hook_rot_k"):
+        key = attn.hook_rot_k(key)
+    groups = int(getattr(module, "num_key_value_groups", 1))
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scale = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
+    training = bool(module.training and dropout > 0.0)
+    route: Route = "eager"
+    masks: list[ScoreMask] = []
+    selectors: list[RowSelector] = []
+    if not training and not getattr(attn, _FORCE_EAGER, False):
+        route, masks, selectors = plan_hooks(attn)
+    if route == "eager":
+        n_query, n_key = query.shape[-2], key.shape[-2]
+        scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+        scores = attn._apply_reconstruct_attention_mask(
+            attn_scores=scores, attention_mask=attention_mask, seq_len=n_key, q_seq_len=n_query
+        )
+        scores = attn.hook_attn_scores(scores)
+        pattern = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        if training:
+            pattern = torch.nn.functional.dropout(pattern, p=dropout, training=True)
+        output = torch.matmul(attn.hook_pattern(pattern), value)
+    else:
+        output = attend(attn, query, key, value, attention_mask, scale, masks, selectors)
+    return output.transpose(1, 2).contiguous(), None
