@@ -13,6 +13,7 @@ own token counts, KV-cache generation equals the uncached loop.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -103,6 +104,9 @@ class Family(ABC):
     notes: ClassVar[str] = ""
     config_keys: ClassVar[frozenset[str]] = frozenset()
     attention_edits: ClassVar[AttentionEdits] = AttentionEdits()
+    #: Uncached reference loops pass position ids from the attention mask (its
+    #: cumsum); False where the model derives its own (Qwen's 3D mRoPE positions).
+    position_ids_from_mask: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ config
 
@@ -143,6 +147,10 @@ class Family(ABC):
         """The grids of one image of original ``size`` (height, width) and its visual tokens in sequence order."""
 
     # ------------------------------------------------------------------ the bridge
+
+    def boot_context(self) -> contextlib.AbstractContextManager[None]:
+        """A context around ``TransformerBridge.boot_transformers`` (e.g. to lift a library check)."""
+        return contextlib.nullcontext()
 
     def prepare_bridge(self, bridge: Any) -> None:
         """Adjust a freshly booted bridge (e.g. route attention so edits take effect)."""
