@@ -106,18 +106,21 @@ def reference_greedy(
     plus the tokens generated so far (:meth:`ModelInputs.extend`), so an
     intervention sees the generated tokens as text queries after the image, as
     its decoding rows in the cached path. Position ids follow the attention mask
-    as in ``generate``, so left-padded batches match it. EOS does not stop it.
+    as in ``generate``, so left-padded batches match it (families whose model
+    derives its own from the mask, Qwen's 3D mRoPE positions, get none passed).
+    EOS does not stop it.
     """
     device = model.device
     current = inputs
     steps: list[torch.Tensor] = []
     for _ in range(max_new_tokens):
         tensors = {k: v.to(device) for k, v in current.tensors.items()}
-        mask = tensors["attention_mask"].long()
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        if model.family.position_ids_from_mask:
+            mask = tensors["attention_mask"].long()
+            tensors["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
         hooks = list(make_hooks(current)) if make_hooks is not None else []
         with torch.no_grad(), model.bridge.hooks(fwd_hooks=hooks):
-            logits = model.hf_model(**tensors, position_ids=position_ids, use_cache=False).logits
+            logits = model.hf_model(**tensors, use_cache=False).logits
         step = logits[:, -1].float().cpu()
         steps.append(step)
         allowed = step.clone()

@@ -385,7 +385,7 @@ def load_model(
         if device_map is None:
             # transformers types .to() through a decorator that mypy reads wrongly.
             cast(Any, hf_model).to(torch_device)
-        with _processor_handed_over(processor):
+        with _processor_handed_over(processor), family.boot_context():
             bridge = TransformerBridge.boot_transformers(
                 name,
                 hf_model=hf_model,

@@ -314,9 +314,14 @@ class ModelInputs:
         start = layout.first_position
         counts = [len(sizes) for sizes in self.image_sizes]
         first, n_images = sum(counts[:index]), counts[index]
+        grid = self.tensors.get("image_grid_thw")
         tensors: dict[str, torch.Tensor] = {}
         for key, value in self.tensors.items():
-            if key in _PER_IMAGE_TENSORS:
+            if key == "pixel_values" and grid is not None:
+                # Qwen-VL: every image's patches end to end, image_grid_thw patches each.
+                patches = grid.prod(-1).tolist()
+                tensors[key] = value[sum(patches[:first]) : sum(patches[: first + n_images])]
+            elif key in _PER_IMAGE_TENSORS:
                 tensors[key] = value[first : first + n_images]
             elif value.shape[:2] == self.input_ids.shape:
                 tensors[key] = value[index : index + 1, start:]
@@ -338,7 +343,7 @@ class ModelInputs:
 
 
 # Tensors with one entry per image (not per sample): split by image counts.
-_PER_IMAGE_TENSORS = frozenset({"pixel_values", "image_sizes"})
+_PER_IMAGE_TENSORS = frozenset({"pixel_values", "image_sizes", "image_grid_thw"})
 
 
 def _shift_geometry(geometry: VisualGeometry, offset: int) -> VisualGeometry:
