@@ -141,7 +141,9 @@ def _user_hooks(point: torch.nn.Module) -> list[Callable[..., Any]] | None:
 
 def plan(attn: torch.nn.Module) -> tuple[Route, list[ScoreMask], list[RowSelector]]:
     """The route of one attention bridge for the hooks attached now (see module doc)."""
-    if getattr(attn, _FORCE_EAGER, False) or not routable(attn):
+    if getattr(attn, _FORCE_EAGER, False):
+        return "eager", [], []
+    if not (getattr(attn, _NATIVE_ROUTED, False) or routable(attn)):
         return "eager", [], []
     return plan_hooks(attn)
 
@@ -470,9 +472,9 @@ def install_native_routing(bridge: torch.nn.Module) -> int:
     which bridge's hook points to run. Returns how many layers were routed.
     """
     register_attention_function()
-    hf_model = bridge.original_model  # type: ignore[attr-defined]
+    hf_model = cast(Any, bridge).original_model
     count = 0
-    for block in bridge.blocks:  # type: ignore[attr-defined]
+    for block in cast(Any, bridge).blocks:
         attn = block.attn
         hf_attn = getattr(attn, "original_component", None)
         if hf_attn is None or not getattr(attn, "maintain_native_attention", False):
@@ -490,14 +492,14 @@ def install_native_routing(bridge: torch.nn.Module) -> int:
 def remove_native_routing(bridge: torch.nn.Module) -> int:
     """Undo :func:`install_native_routing`: the HF modules compute attention eagerly themselves."""
     count = 0
-    for block in bridge.blocks:  # type: ignore[attr-defined]
+    for block in cast(Any, bridge).blocks:
         attn = block.attn
         if getattr(attn, _NATIVE_ROUTED, False):
             attn.original_component.__dict__.pop(_BRIDGE_OF, None)
             setattr(attn, _NATIVE_ROUTED, False)
             count += 1
     if count:
-        _set_text_attention(bridge.original_model, "eager")  # type: ignore[attr-defined]
+        _set_text_attention(cast(Any, bridge).original_model, "eager")
     return count
 
 
@@ -558,8 +560,8 @@ def hooked_attention(
     route: Route = "eager"
     masks: list[ScoreMask] = []
     selectors: list[RowSelector] = []
-    if not training and not getattr(attn, _FORCE_EAGER, False):
-        route, masks, selectors = plan_hooks(attn)
+    if not training:
+        route, masks, selectors = plan(attn)
     if route == "eager":
         n_query, n_key = query.shape[-2], key.shape[-2]
         scores = torch.matmul(query, key.transpose(-2, -1)) * scale

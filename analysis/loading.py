@@ -74,12 +74,9 @@ def supported_architectures() -> list[str]:
 def family_for_architecture(architecture: str) -> Family:
     try:
         return registry.for_architecture(architecture)
-    except UnknownFamilyError:
-        raise UnsupportedModelError(
-            f"Architecture {architecture!r} is not supported. Supported architectures: "
-            + ", ".join(supported_architectures())
-            + "."
-        ) from None
+    except UnknownFamilyError as err:
+        # The registry's message: the supported architectures, or why this one cannot be.
+        raise UnsupportedModelError(str(err)) from None
 
 
 @dataclass

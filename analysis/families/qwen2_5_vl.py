@@ -28,7 +28,7 @@ import torch
 
 from analysis.errors import VsinkError
 from analysis.families.base import AttentionEdits, Family, VisualToken
-from analysis.families.registry import register
+from analysis.families.registry import refuse, register
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
@@ -94,24 +94,27 @@ def image_only_processor(base: type) -> type:
     """
     from transformers.processing_utils import ProcessorMixin
 
-    def __init__(
-        self: Any,
-        image_processor: Any = None,
-        tokenizer: Any = None,
-        chat_template: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.image_token = getattr(tokenizer, "image_token", None) or QWEN_SPECIALS["image_token"]
-        self.video_token = getattr(tokenizer, "video_token", None) or QWEN_SPECIALS["video_token"]
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        for name in ("vision_start", "vision_end"):  # Qwen3-VL's processor reads these
-            token = getattr(tokenizer, f"{name}_token", None) or QWEN_SPECIALS[name]
-            setattr(self, f"{name}_token", token)
-            setattr(self, f"{name}_token_id", tokenizer.convert_tokens_to_ids(token))
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+    class ImageOnly(base):
+        def __init__(
+            self,
+            image_processor: Any = None,
+            tokenizer: Any = None,
+            chat_template: str | None = None,
+            **kwargs: Any,
+        ) -> None:
+            specials = QWEN_SPECIALS
+            self.image_token = getattr(tokenizer, "image_token", None) or specials["image_token"]
+            self.video_token = getattr(tokenizer, "video_token", None) or specials["video_token"]
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            for name in ("vision_start", "vision_end"):  # Qwen3-VL's processor reads these
+                token = getattr(tokenizer, f"{name}_token", None) or specials[name]
+                setattr(self, f"{name}_token", token)
+                setattr(self, f"{name}_token_id", tokenizer.convert_tokens_to_ids(token))
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
-    return type(f"{base.__name__}ImageOnly", (base,), {"__init__": __init__})
+    ImageOnly.__name__ = ImageOnly.__qualname__ = f"{base.__name__}ImageOnly"
+    return ImageOnly
 
 
 @functools.cache
@@ -163,7 +166,7 @@ class QwenVLFamily(Family):
     def processor_class(self) -> type:
         raise NotImplementedError
 
-    def image_processor_class(self) -> type:
+    def image_processor_class(self) -> Any:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil,
         )
@@ -319,7 +322,7 @@ def qwen_tokenizer() -> Any:
     return word_tokenizer(QWEN_SPECIALS, None, extra_words=("system",))
 
 
-def qwen_token_ids(tok: Any) -> dict[str, int]:
+def qwen_token_ids(tok: Any) -> dict[str, Any]:
     ids = tok.convert_tokens_to_ids
     return {
         "image_token_id": ids(QWEN_SPECIALS["image_token"]),
@@ -329,7 +332,7 @@ def qwen_token_ids(tok: Any) -> dict[str, int]:
     }
 
 
-def tiny_image_processor(cls: type, spec: TinySpec, merge: int) -> Any:
+def tiny_image_processor(cls: Any, spec: TinySpec, merge: int) -> Any:
     """A PIL image processor whose pixel budget gives 2x2 to 4x4 merged tokens per image."""
     factor = spec.patch_size * merge
     return cls(
@@ -338,3 +341,12 @@ def tiny_image_processor(cls: type, spec: TinySpec, merge: int) -> Any:
         temporal_patch_size=2,
         size={"shortest_edge": 4 * factor * factor, "longest_edge": 16 * factor * factor},
     )
+
+
+refuse(
+    "Qwen2VLForConditionalGeneration",
+    "TransformerLens 4.3 has no architecture adapter for Qwen2-VL (the bridge cannot boot: "
+    "'Could not determine supported architecture'), and its vision tower (LayerNorm blocks, "
+    "fc1/fc2 MLP, no window attention) does not fit the Qwen2.5-VL adapter; Qwen2.5-VL "
+    "(qwen2_5_vl) and Qwen3-VL checkpoints are supported.",
+)

@@ -8,6 +8,8 @@ from analysis.errors import VsinkError
 from analysis.families.base import Family
 
 _FAMILIES: dict[str, Family] = {}
+# Architectures known not to work, with the reason load_model gives.
+_REFUSED: dict[str, str] = {}
 
 F = TypeVar("F", bound=type[Family])
 
@@ -39,7 +41,16 @@ def supported_architectures() -> list[str]:
     return [arch for family in _FAMILIES.values() for arch in family.architectures]
 
 
+def refuse(architecture: str, reason: str) -> None:
+    """Record why ``architecture`` cannot be supported; :func:`for_architecture` says so."""
+    _REFUSED[architecture] = reason
+
+
 def for_architecture(architecture: str) -> Family:
+    if architecture in _REFUSED:
+        raise UnknownFamilyError(
+            f"Architecture {architecture!r} is not supported: {_REFUSED[architecture]}"
+        )
     for family in _FAMILIES.values():
         if architecture in family.architectures:
             return family

@@ -1,0 +1,340 @@
+"""Qwen2.5-VL: HF parity, edits that take effect, geometry, cached generation, processor folders.
+
+Ground truths: the HF model's own eager logits, the processor's own
+``image_grid_thw`` and placeholder counts, the uncached greedy loop, the
+same samples run one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import make_image
+
+from analysis import hooks
+from analysis.attention import eager_attention, install_native_routing, remove_native_routing
+from analysis.capture import forward
+from analysis.families import UnsupportedConfigError, get
+from analysis.families.qwen2_5_vl import ProcessorFolderError, merged_grid, mrope_section
+from analysis.generation import generate, reference_greedy
+from analysis.loading import LoadedModel, UnsupportedModelError, load_model
+from analysis.tokens import ModelInputs, build_batch
+
+FAMILY = "qwen2_5_vl"
+ATOL = 1e-5
+STEPS = 4
+# (height, width): square, wide, tall, extreme, and one above the pixel budget.
+SIZES = [(28, 28), (30, 50), (70, 30), (20, 100), (90, 15), (200, 160)]
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_models: dict[str, LoadedModel]) -> LoadedModel:
+    return tiny_models[FAMILY]
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tiny_dirs: dict[str, str]) -> str:
+    return tiny_dirs[FAMILY]
+
+
+def _two(model: LoadedModel) -> ModelInputs:
+    return build_batch(
+        model,
+        [
+            (make_image(seed=1), "is there a red object in the image ?"),
+            (make_image(70, 30, seed=2), "describe"),
+        ],
+    )
+
+
+def _valid(logits: torch.Tensor, inputs: ModelInputs) -> torch.Tensor:
+    return logits[inputs.stack("attention_mask").bool()]
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+def test_logits_equal_hf_eager_on_every_route(qwen, qwen_dir):
+    from transformers import AutoModelForImageTextToText
+
+    hf = AutoModelForImageTextToText.from_pretrained(qwen_dir, attn_implementation="eager").eval()
+    inputs = _two(qwen)
+    with torch.no_grad():
+        expected = hf(**inputs.tensors).logits
+    routed = forward(qwen, inputs)
+    with eager_attention(qwen):
+        eager = forward(qwen, inputs)
+    torch.testing.assert_close(_valid(routed, inputs), _valid(expected, inputs), atol=ATOL, rtol=0)
+    torch.testing.assert_close(_valid(eager, inputs), _valid(expected, inputs), atol=ATOL, rtol=0)
+
+
+def test_text_attention_runs_the_hooked_function_and_the_vision_tower_its_own(qwen):
+    config = qwen.config
+    assert config.get_text_config()._attn_implementation == "vsink_eager"
+    assert config.vision_config._attn_implementation != "vsink_eager"
+
+
+def test_pattern_and_residual_edits_change_the_logits(qwen):
+    inputs = _two(qwen)
+    baseline = forward(qwen, inputs)
+
+    def uniform(pattern: torch.Tensor, hook) -> torch.Tensor:
+        allowed = (pattern > 0).to(pattern.dtype)
+        return allowed / allowed.sum(-1, keepdim=True)
+
+    def shift(resid: torch.Tensor, hook) -> torch.Tensor:
+        return resid + 1.0
+
+    for layer in range(qwen.n_layers):
+        edited = forward(qwen, inputs, [(hooks.attn_pattern(layer), uniform)])
+        moved = (_valid(edited, inputs) - _valid(baseline, inputs)).abs().max()
+        assert moved > 1e-3, f"a pattern edit at layer {layer} must change the logits"
+    edited = forward(qwen, inputs, [(hooks.resid_pre(1), shift)])
+    assert (_valid(edited, inputs) - _valid(baseline, inputs)).abs().max() > 1e-3
+
+
+def test_score_hook_gets_pre_softmax_scores_and_its_edits_take_effect(qwen):
+    inputs = _two(qwen)
+    seen: dict[str, torch.Tensor] = {}
+
+    def scores(tensor: torch.Tensor, hook) -> None:
+        seen["scores"] = tensor.detach()
+
+    def pattern(tensor: torch.Tensor, hook) -> None:
+        seen["pattern"] = tensor.detach()
+
+    forward(qwen, inputs, [(hooks.attn_scores(2), scores), (hooks.attn_pattern(2), pattern)])
+    torch.testing.assert_close(seen["scores"].softmax(-1), seen["pattern"], atol=1e-6, rtol=0)
+    assert (seen["scores"] < 0).any()
+    assert (seen["scores"].sum(-1) != 1).any()
+
+    first_visual = int(inputs.layouts[0].geometry.positions[0])
+
+    def block_first_visual(tensor: torch.Tensor, hook) -> torch.Tensor:
+        out = tensor.clone()
+        out[..., first_visual] = torch.finfo(out.dtype).min
+        return out
+
+    baseline = forward(qwen, inputs)
+    edited = forward(qwen, inputs, [(hooks.attn_scores(0), block_first_visual)])
+    assert (_valid(edited, inputs) - _valid(baseline, inputs)).abs().max() > 1e-4
+
+
+def test_without_the_routing_edits_are_discarded(qwen):
+    """The failure the routing fixes: TransformerLens alone drops the edit (with a warning)."""
+    inputs = _two(qwen)
+    baseline = forward(qwen, inputs)
+
+    def zero(pattern: torch.Tensor, hook) -> torch.Tensor:
+        return torch.zeros_like(pattern)
+
+    remove_native_routing(qwen.bridge)
+    try:
+        with pytest.warns(UserWarning, match="discarded"):
+            edited = forward(qwen, inputs, [(hooks.attn_pattern(1), zero)])
+        torch.testing.assert_close(edited, baseline, atol=ATOL, rtol=0)
+    finally:
+        assert install_native_routing(qwen.bridge) == qwen.n_layers
+    edited = forward(qwen, inputs, [(hooks.attn_pattern(1), zero)])
+    assert (_valid(edited, inputs) - _valid(baseline, inputs)).abs().max() > 1e-3
+
+
+def test_batch_of_two_with_padding_equals_each_sample_alone(qwen):
+    inputs = _two(qwen)
+    assert not inputs.stack("attention_mask").all(), "the batch must be padded"
+    batched = forward(qwen, inputs)
+    for index in range(inputs.batch_size):
+        alone = inputs.select(index)
+        single = forward(qwen, alone)
+        length = single.shape[1]
+        torch.testing.assert_close(batched[index, -length:], single[0], atol=ATOL, rtol=0)
+
+
+def test_cached_generation_equals_the_uncached_loop(qwen):
+    inputs = _two(qwen)
+    cached = generate(qwen, inputs, max_new_tokens=STEPS, stop_at_eos=False, keep_logits=True)
+    reference = reference_greedy(qwen, inputs, max_new_tokens=STEPS)
+    assert cached.tokens == reference.tokens
+    for step, (x, y) in enumerate(zip(cached.step_logits, reference.step_logits, strict=True)):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=0, msg=f"step {step}")
+
+
+def test_cached_generation_under_a_knock_out_equals_the_uncached_loop(qwen):
+    from analysis.ablation import KnockOut
+
+    inputs = _two(qwen)
+    positions = [int(inputs.layouts[0].geometry.positions[i]) for i in (0, 1, 2)]
+
+    def make(extended: ModelInputs):
+        knock = KnockOut(qwen, extended, target="positions", positions=positions, mode="pre")
+        return knock.fwd_hooks()
+
+    baseline = generate(qwen, inputs, max_new_tokens=STEPS, stop_at_eos=False, keep_logits=True)
+    knocked = generate(
+        qwen,
+        inputs,
+        max_new_tokens=STEPS,
+        fwd_hooks=make(inputs),
+        stop_at_eos=False,
+        keep_logits=True,
+    )
+    reference = reference_greedy(qwen, inputs, max_new_tokens=STEPS, make_hooks=make)
+    assert knocked.tokens == reference.tokens
+    for x, y in zip(knocked.step_logits, reference.step_logits, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=0)
+    moved = max(
+        (a - b).abs().max() for a, b in zip(knocked.step_logits, baseline.step_logits, strict=True)
+    )
+    assert moved > 1e-4, "the knock-out must change the generation's logits"
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+def test_geometry_equals_the_processors_own_counts(qwen, size):
+    height, width = size
+    inputs = build_batch(qwen, [(make_image(height, width), "describe")])
+    grid_thw = inputs.tensors["image_grid_thw"][0].tolist()
+    merge = qwen.processor.image_processor.merge_size
+    geometry = inputs.layouts[0].geometry
+    n_pads = int((inputs.input_ids[0] == qwen.image_token_id).sum())
+    assert geometry.n_visual == grid_thw[0] * grid_thw[1] * grid_thw[2] // merge**2 == n_pads
+    spec = geometry.grid(0)
+    assert (spec.rows, spec.cols) == (grid_thw[1] // merge, grid_thw[2] // merge)
+    assert merged_grid(qwen.processor.image_processor, size) == (spec.rows, spec.cols)
+    assert spec.extent == (0.0, 0.0, float(width), float(height))
+    # Raster order: rows then columns.
+    assert geometry.row.tolist() == [r for r in range(spec.rows) for _ in range(spec.cols)]
+    assert geometry.col.tolist() == [c for _ in range(spec.rows) for c in range(spec.cols)]
+
+
+def test_the_pixel_budget_changes_the_grid(qwen):
+    sizes = {merged_grid(qwen.processor.image_processor, size) for size in SIZES}
+    assert len(sizes) >= 4, "the aspect ratios must give different grids"
+    budget = qwen.processor.image_processor.size["longest_edge"]
+    factor = qwen.processor.image_processor.patch_size * qwen.processor.image_processor.merge_size
+    rows, cols = merged_grid(qwen.processor.image_processor, (200, 160))
+    assert rows * cols * factor * factor <= budget
+
+
+def test_vision_start_and_end_wrap_each_image(qwen):
+    inputs = build_batch(qwen, [([make_image(seed=1), make_image(70, 30, seed=2)], "describe")])
+    ids = inputs.input_ids[0].tolist()
+    config = qwen.config
+    geometry = inputs.layouts[0].geometry
+    for image in (0, 1):
+        positions = geometry.positions[geometry.image == image]
+        first, last = int(positions.min()), int(positions.max())
+        assert last - first + 1 == positions.numel(), "an image's tokens are contiguous"
+        assert ids[first - 1] == config.vision_start_token_id
+        assert ids[last + 1] == config.vision_end_token_id
+    counts = [int((geometry.image == i).sum()) for i in (0, 1)]
+    grid = inputs.tensors["image_grid_thw"]
+    assert counts == (grid.prod(-1) // 4).tolist()
+
+
+def test_mrope_section_splits_the_rotary_half():
+    assert mrope_section(128) == [16, 24, 24]  # Qwen2.5-VL-7B's published split
+    for d_head in (16, 32, 64, 80):
+        assert sum(mrope_section(d_head)) == d_head // 2
+
+
+# ----------------------------------------------------------------------------- processor
+
+
+def test_processor_round_trips_through_a_folder_without_auto_processor(qwen, tmp_path, monkeypatch):
+    import transformers
+
+    qwen.processor.save_pretrained(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("AutoProcessor would build a video processor (torchvision)")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", refuse)
+    loaded = get(FAMILY).load_processor(str(tmp_path), local_files_only=True)
+    assert not hasattr(loaded, "video_processor")
+    assert loaded.image_token == "<|image_pad|>"
+    prompt = loaded.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe"}]}],
+        add_generation_prompt=True,
+    )
+    images = [make_image(seed=3)]
+    a = qwen.processor(images=images, text=[prompt], padding=True, return_tensors="pt")
+    b = loaded(images=images, text=[prompt], padding=True, return_tensors="pt")
+    assert sorted(a) == sorted(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_an_older_preprocessor_config_is_read(qwen, tmp_path):
+    qwen.processor.tokenizer.save_pretrained(tmp_path)
+    image_processor = qwen.processor.image_processor
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "min_pixels": image_processor.size["shortest_edge"],
+                "max_pixels": image_processor.size["longest_edge"],
+                "patch_size": image_processor.patch_size,
+                "merge_size": image_processor.merge_size,
+                "temporal_patch_size": 2,
+            }
+        )
+    )
+    loaded = get(FAMILY).load_processor(str(tmp_path), local_files_only=True)
+    for size in SIZES:
+        assert merged_grid(loaded.image_processor, size) == merged_grid(image_processor, size)
+
+
+@pytest.mark.parametrize(
+    ("remove", "match"),
+    [(("processor_config.json",), "no image processor config"), (("tokenizer.json",), "tokenizer")],
+)
+def test_a_folder_missing_a_processor_part_is_one_clear_line(qwen_dir, tmp_path, remove, match):
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(qwen_dir, folder)
+    for name in remove:
+        (folder / name).unlink()
+    with pytest.raises(ProcessorFolderError, match=match) as err:
+        load_model(folder, device="cpu")
+    assert "\n" not in str(err.value)
+
+
+def test_the_torchvision_check_is_lifted_only_during_boot(qwen):
+    from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import (
+        Qwen2_5_VLArchitectureAdapter,
+    )
+
+    assert Qwen2_5_VLArchitectureAdapter.required_libraries == ["torchvision"]
+    with get(FAMILY).boot_context():
+        assert Qwen2_5_VLArchitectureAdapter.required_libraries == []
+    assert Qwen2_5_VLArchitectureAdapter.required_libraries == ["torchvision"]
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_check_config_refuses_an_unknown_key(qwen_dir):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(qwen_dir)
+    get(FAMILY).check_config(config)
+    config.image_pooling = "mean"
+    with pytest.raises(UnsupportedConfigError, match="image_pooling"):
+        get(FAMILY).check_config(config)
+
+
+def test_qwen2_vl_is_refused_with_the_reason(tmp_path):
+    from transformers import Qwen2VLConfig
+
+    Qwen2VLConfig(architectures=["Qwen2VLForConditionalGeneration"]).save_pretrained(tmp_path)
+    with pytest.raises(
+        UnsupportedModelError, match=r"TransformerLens 4\.3 has no architecture"
+    ) as err:
+        load_model(tmp_path, device="cpu")
+    assert "Qwen2.5-VL" in str(err.value)
+    assert "\n" not in str(err.value)
