@@ -19,25 +19,31 @@ from analysis.attention import eager_attention, install_native_routing, remove_n
 from analysis.capture import forward
 from analysis.families import UnsupportedConfigError, get
 from analysis.families.qwen2_5_vl import ProcessorFolderError, merged_grid, mrope_section
+from analysis.families.qwen3_vl import interleaved_mrope_section
 from analysis.generation import generate, reference_greedy
 from analysis.loading import LoadedModel, UnsupportedModelError, load_model
 from analysis.tokens import ModelInputs, build_batch
 
-FAMILY = "qwen2_5_vl"
+FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
 ATOL = 1e-5
 STEPS = 4
 # (height, width): square, wide, tall, extreme, and one above the pixel budget.
 SIZES = [(28, 28), (30, 50), (70, 30), (20, 100), (90, 15), (200, 160)]
 
 
-@pytest.fixture(scope="module")
-def qwen(tiny_models: dict[str, LoadedModel]) -> LoadedModel:
-    return tiny_models[FAMILY]
+@pytest.fixture(scope="module", params=FAMILIES)
+def name(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def qwen_dir(tiny_dirs: dict[str, str]) -> str:
-    return tiny_dirs[FAMILY]
+def qwen(tiny_models: dict[str, LoadedModel], name: str) -> LoadedModel:
+    return tiny_models[name]
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tiny_dirs: dict[str, str], name: str) -> str:
+    return tiny_dirs[name]
 
 
 def _two(model: LoadedModel) -> ModelInputs:
@@ -237,16 +243,47 @@ def test_vision_start_and_end_wrap_each_image(qwen):
     assert counts == (grid.prod(-1) // 4).tolist()
 
 
-def test_mrope_section_splits_the_rotary_half():
+def test_mrope_sections_split_the_rotary_half():
     assert mrope_section(128) == [16, 24, 24]  # Qwen2.5-VL-7B's published split
+    assert interleaved_mrope_section(128) == [24, 20, 20]  # Qwen3-VL's
     for d_head in (16, 32, 64, 80):
         assert sum(mrope_section(d_head)) == d_head // 2
+        assert sum(interleaved_mrope_section(d_head)) == d_head // 2
+
+
+def test_deepstack_adds_vision_features_between_the_first_layers(tiny_models):
+    """Qwen3-VL: resid_pre of layer l+1 differs from resid_post of layer l at visual
+    positions only, for the DeepStack layers only; the analyses read resid_pre."""
+    model = tiny_models["qwen3_vl"]
+    inputs = _two(model)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(tensor: torch.Tensor, hook) -> None:
+            seen[name] = tensor.detach()
+
+        return hook
+
+    names = [hooks.resid_pre(layer) for layer in range(model.n_layers)]
+    names += [f"blocks.{layer}.hook_resid_post" for layer in range(model.n_layers)]
+    forward(model, inputs, [(n, keep(n)) for n in names])
+    visual = inputs.visual
+    n_deepstack = len(model.config.vision_config.deepstack_visual_indexes)
+    for layer in range(model.n_layers - 1):
+        step = seen[hooks.resid_pre(layer + 1)] - seen[f"blocks.{layer}.hook_resid_post"]
+        assert step[~visual].abs().max() == 0
+        if layer < n_deepstack:
+            assert step[visual].abs().amax(-1).min() > 0, f"DeepStack adds after layer {layer}"
+        else:
+            assert step[visual].abs().max() == 0
 
 
 # ----------------------------------------------------------------------------- processor
 
 
-def test_processor_round_trips_through_a_folder_without_auto_processor(qwen, tmp_path, monkeypatch):
+def test_processor_round_trips_through_a_folder_without_auto_processor(
+    qwen, name, tmp_path, monkeypatch
+):
     import transformers
 
     qwen.processor.save_pretrained(tmp_path)
@@ -255,7 +292,8 @@ def test_processor_round_trips_through_a_folder_without_auto_processor(qwen, tmp
         raise AssertionError("AutoProcessor would build a video processor (torchvision)")
 
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", refuse)
-    loaded = get(FAMILY).load_processor(str(tmp_path), local_files_only=True)
+    loaded = get(name).load_processor(str(tmp_path), local_files_only=True)
+    assert type(loaded) is type(qwen.processor)
     assert not hasattr(loaded, "video_processor")
     assert loaded.image_token == "<|image_pad|>"
     prompt = loaded.apply_chat_template(
@@ -270,7 +308,7 @@ def test_processor_round_trips_through_a_folder_without_auto_processor(qwen, tmp
         torch.testing.assert_close(a[key], b[key])
 
 
-def test_an_older_preprocessor_config_is_read(qwen, tmp_path):
+def test_an_older_preprocessor_config_is_read(qwen, name, tmp_path):
     qwen.processor.tokenizer.save_pretrained(tmp_path)
     image_processor = qwen.processor.image_processor
     (tmp_path / "preprocessor_config.json").write_text(
@@ -285,7 +323,7 @@ def test_an_older_preprocessor_config_is_read(qwen, tmp_path):
             }
         )
     )
-    loaded = get(FAMILY).load_processor(str(tmp_path), local_files_only=True)
+    loaded = get(name).load_processor(str(tmp_path), local_files_only=True)
     for size in SIZES:
         assert merged_grid(loaded.image_processor, size) == merged_grid(image_processor, size)
 
@@ -304,28 +342,29 @@ def test_a_folder_missing_a_processor_part_is_one_clear_line(qwen_dir, tmp_path,
     assert "\n" not in str(err.value)
 
 
-def test_the_torchvision_check_is_lifted_only_during_boot(qwen):
-    from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import (
-        Qwen2_5_VLArchitectureAdapter,
-    )
+def test_the_torchvision_check_is_lifted_only_during_boot(name):
+    import importlib
 
-    assert Qwen2_5_VLArchitectureAdapter.required_libraries == ["torchvision"]
-    with get(FAMILY).boot_context():
-        assert Qwen2_5_VLArchitectureAdapter.required_libraries == []
-    assert Qwen2_5_VLArchitectureAdapter.required_libraries == ["torchvision"]
+    family = get(name)
+    module, cls_name = family.adapter
+    adapter = getattr(importlib.import_module(module), cls_name)
+    assert adapter.required_libraries == ["torchvision"]
+    with family.boot_context():
+        assert adapter.required_libraries == []
+    assert adapter.required_libraries == ["torchvision"]
 
 
 # ----------------------------------------------------------------------------- config
 
 
-def test_check_config_refuses_an_unknown_key(qwen_dir):
+def test_check_config_refuses_an_unknown_key(qwen_dir, name):
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(qwen_dir)
-    get(FAMILY).check_config(config)
+    get(name).check_config(config)
     config.image_pooling = "mean"
     with pytest.raises(UnsupportedConfigError, match="image_pooling"):
-        get(FAMILY).check_config(config)
+        get(name).check_config(config)
 
 
 def test_qwen2_vl_is_refused_with_the_reason(tmp_path):
