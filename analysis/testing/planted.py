@@ -92,7 +92,7 @@ PROMPT = "describe the image ."
 
 BACKGROUND, OBJECT, SINK = 0, 1, 2  # cell classes
 SHADES = {BACKGROUND: (200, 200, 200), OBJECT: (230, 230, 40), SINK: (60, 60, 60)}
-FAMILIES = ("llava", "llava_next", "gemma3")
+FAMILIES = ("llava", "llava_next", "gemma3", "qwen2_5_vl")
 Source = Literal["mlp", "projector"]
 SinksOn = Literal["bos", "visual", "both"]
 
@@ -289,6 +289,17 @@ ZOO: tuple[PlantedSpec, ...] = (
         bias_dim=1000,
         image_centric_heads=((3, 1), (4, 2)),
     ),
+    PlantedSpec(
+        "qwen2_5_vl_base",
+        family="qwen2_5_vl",
+        n_heads=32,  # Qwen2.5-VL's head_dim is d_model / n_heads: 32 as every member's
+        sink_dims=(300, 850),
+        sinks_on="visual",
+        delimiter_sink=True,
+        visual_sink_fraction=0.2,
+        image_centric_heads=((2, 5), (3, 17)),
+        notes="no BOS: visual sinks and the delimiter; mRoPE, 2x2 merged cells",
+    ),
 )
 
 
@@ -315,8 +326,8 @@ def cell_map(spec: PlantedSpec, index: int) -> np.ndarray:
 
 
 def cell_pixels(spec: PlantedSpec) -> int:
-    """Pixels per cell side: one patch (LLaVA) or one pooled token (Gemma 3, 2x2 patches)."""
-    return PATCH * (2 if spec.family == "gemma3" else 1)
+    """Pixels per cell side: one patch (LLaVA) or one pooled / merged token (2x2 patches)."""
+    return PATCH * (2 if spec.family in ("gemma3", "qwen2_5_vl") else 1)
 
 
 def image_size(spec: PlantedSpec) -> int:
@@ -883,7 +894,18 @@ def _build_gemma3(spec: PlantedSpec) -> tuple[Any, Any]:
     return model.eval(), processor
 
 
-_BUILDERS = {"llava": _build_llava, "llava_next": _build_llava, "gemma3": _build_gemma3}
+def _build_qwen2_5_vl(spec: PlantedSpec) -> tuple[Any, Any]:
+    from analysis.testing.planted_qwen import build_qwen2_5_vl
+
+    return build_qwen2_5_vl(spec)
+
+
+_BUILDERS = {
+    "llava": _build_llava,
+    "llava_next": _build_llava,
+    "gemma3": _build_gemma3,
+    "qwen2_5_vl": _build_qwen2_5_vl,
+}
 
 
 # ----------------------------------------------------------------------------- writing

@@ -1,0 +1,195 @@
+"""The planted Qwen2.5-VL: the zoo's circuit (:mod:`analysis.testing.planted`) on Qwen's layout.
+
+The text model is the zoo's LLaMA-style circuit unchanged (Qwen2 layers are
+LLaMA layers plus zero q/k/v biases): the same embeddings, sink MLP, sink and
+image-centric attention, written by :func:`analysis.testing.planted._llama_weights`.
+Two things are Qwen's own:
+
+* **Heads of 32 dims.** Qwen2.5-VL derives ``head_dim = d_model / n_heads``,
+  so a spec needs ``n_heads = d_model / 32`` (32 heads at 1024). mRoPE with
+  rope_theta 1e30 rotates the zoo's query/key dim (:data:`QK`, a pair of the
+  height section) by ~1e-15 rad per position, so scores do not depend on
+  position, as in the other members.
+* **The vision side.** One cell of the board is one merged token (2x2
+  patches), so images are ``grid * 2 * PATCH`` pixels, which ``smart_resize``
+  keeps as they are. The patch embedding averages each patch's normalised
+  R, G, B into channels (u, -u); the one vision block adds a constant (1, -1)
+  through its attention output bias (every other block weight is 0, so it is
+  otherwise the identity); the merger's RMSNorm then scales a patch by a
+  colour-dependent gain, its first linear layer holds the zoo's colour
+  detectors (dark cells, the object colour) on the first patch of each 2x2
+  group and its second writes the flags, the visual base vector (ONE, VIS,
+  bias, noise) and, with ``source="projector"``, the massive activation.
+
+Qwen has no BOS token: a spec must put its sinks on visual tokens (and may add
+the delimiter as a text sink).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from analysis.testing.planted import (
+    D_MLP,
+    DARK_B,
+    DARK_W,
+    DETECTOR_GAIN,
+    HEAD_DIM,
+    OBJ,
+    OBJECT,
+    PATCH,
+    ROPE_THETA,
+    SHADES,
+    SINK,
+    SINKF,
+    VISION_WIDTH,
+    YELLOW_B,
+    YELLOW_W,
+    PlantedSpec,
+    _dark,
+    _llama_weights,
+    _Plan,
+    _put,
+    _unit_rgb,
+    _visual_base,
+    _yellow,
+    image_size,
+)
+
+MERGE = 2  # Qwen's 2x2 patch merger: one merged token per cell
+CONST = (10, 11)  # vision channels carrying the constant (1, -1)
+
+
+class _NoBos:
+    """The tokenizer as the zoo's text embeddings see it: ``<unk>`` (never in a prompt) as BOS."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self.bos_token_id = tokenizer.unk_token_id
+        self.eos_token_id = tokenizer.eos_token_id
+
+    def __len__(self) -> int:
+        return len(self._tokenizer)
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return int(self._tokenizer.convert_tokens_to_ids(token))
+
+
+def _rms_gain(u: np.ndarray) -> float:
+    """The merger's RMSNorm (weight 1) on a patch with channels (u, -u, 1, -1, 0...)."""
+    mean_square = (2 * float((u**2).sum()) + 2.0) / VISION_WIDTH
+    return 1.0 / math.sqrt(mean_square + 1e-6)
+
+
+def check_spec(spec: PlantedSpec) -> None:
+    if spec.d_model != spec.n_heads * HEAD_DIM:
+        raise ValueError(
+            f"PlantedSpec {spec.name!r}: Qwen2.5-VL's head_dim is d_model / n_heads; "
+            f"n_heads must be {spec.d_model // HEAD_DIM} for heads of {HEAD_DIM}."
+        )
+    if spec.bos_sink:
+        raise ValueError(f"PlantedSpec {spec.name!r}: Qwen has no BOS; sinks_on must be 'visual'.")
+
+
+def _vision_weights(plan: _Plan, sd: dict[str, torch.Tensor], rng: np.random.Generator) -> None:
+    spec = plan.spec
+    conv = np.zeros((VISION_WIDTH, 3, 2, PATCH, PATCH))  # [out, colour, frame, y, x]
+    for c in range(3):
+        conv[c, c] = 1.0 / (2 * PATCH**2)
+        conv[3 + c, c] = -1.0 / (2 * PATCH**2)
+    _put(sd, "visual.patch_embed.proj.weight", conv)
+    constant = np.zeros(VISION_WIDTH)
+    constant[CONST[0]], constant[CONST[1]] = 1.0, -1.0
+    _put(sd, "visual.blocks.0.attn.proj.bias", constant)  # q, k, v = 0: the output is the bias
+    _put(sd, "visual.merger.ln_q.weight", np.ones(VISION_WIDTH))
+    dark_u, yellow_u = _unit_rgb(SHADES[SINK]), _unit_rgb(SHADES[OBJECT])
+    dark_on = DETECTOR_GAIN * _dark(dark_u * _rms_gain(dark_u))
+    yellow_on = DETECTOR_GAIN * _yellow(yellow_u * _rms_gain(yellow_u))
+    width = VISION_WIDTH * MERGE**2
+    l1w, l1b = np.zeros((width, width)), np.zeros(width)
+    l1w[0, :3], l1b[0] = DETECTOR_GAIN * DARK_W, DETECTOR_GAIN * DARK_B
+    l1w[1, :3], l1b[1] = DETECTOR_GAIN * YELLOW_W, DETECTOR_GAIN * YELLOW_B
+    l2w = np.zeros((spec.d_model, width))
+    l2w[SINKF, 0] = 1.0 / dark_on
+    l2w[OBJ, 1] = 1.0 / yellow_on
+    if spec.source == "projector" and spec.visual_sinks:
+        l2w[list(spec.sink_dims), 0] = plan.massive / dark_on
+    _put(sd, "visual.merger.mlp.0.weight", l1w)
+    _put(sd, "visual.merger.mlp.0.bias", l1b)
+    _put(sd, "visual.merger.mlp.2.weight", l2w)
+    _put(sd, "visual.merger.mlp.2.bias", _visual_base(plan, rng))
+
+
+def build_qwen2_5_vl(spec: PlantedSpec) -> tuple[Any, Any]:
+    """The planted Qwen2.5-VL model and its processor (image half only, no torchvision)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from analysis.families import get
+    from analysis.families.qwen2_5_vl import (
+        QWEN_TEMPLATE,
+        mrope_section,
+        qwen_token_ids,
+        qwen_tokenizer,
+    )
+
+    check_spec(spec)
+    plan = _Plan(spec)
+    tok = qwen_tokenizer()
+    size = image_size(spec)
+    text = {
+        "vocab_size": len(tok),
+        "hidden_size": spec.d_model,
+        "intermediate_size": D_MLP,
+        "num_hidden_layers": spec.n_layers,
+        "num_attention_heads": spec.n_heads,
+        "num_key_value_heads": spec.n_heads,
+        "max_position_embeddings": 1024,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": ROPE_THETA,
+            "mrope_section": mrope_section(HEAD_DIM),
+        },
+        "bos_token_id": None,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    vision = {
+        "depth": 1,
+        "hidden_size": VISION_WIDTH,
+        "intermediate_size": VISION_WIDTH,
+        "num_heads": 1,
+        "patch_size": PATCH,
+        "spatial_merge_size": MERGE,
+        "temporal_patch_size": 2,
+        "window_size": size,  # one window: the block attends over the whole image
+        "fullatt_block_indexes": [0],
+        "out_hidden_size": spec.d_model,
+    }
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=False, **qwen_token_ids(tok)
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    rng = np.random.default_rng(spec.seed)
+    sd = dict(model.state_dict())
+    _llama_weights(plan, sd, _NoBos(tok), rng)  # zeroes every weight first
+    _vision_weights(plan, sd, rng)
+    model.load_state_dict(sd, strict=True)
+    family = get("qwen2_5_vl")
+    image_processor = family.image_processor_class()(
+        patch_size=PATCH,
+        merge_size=MERGE,
+        temporal_patch_size=2,
+        # Exactly the board's pixels: smart_resize leaves the image as it is.
+        size={"shortest_edge": size * size, "longest_edge": size * size},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    processor = family.processor_class()(
+        image_processor=image_processor, tokenizer=tok, chat_template=QWEN_TEMPLATE
+    )
+    return model.eval(), processor
