@@ -147,3 +147,20 @@ def test_bad_images_are_clear(tmp_path, make, message):
 def test_empty_prompt_rejected(tiny_models):
     with pytest.raises(ValueError, match="non-empty text prompt"):
         build_inputs(tiny_models["llava"], make_image(), "  ")
+
+
+def test_build_batch_pads_left_without_touching_the_tokenizer(tiny):
+    tokenizer = tiny.tokenizer
+    assert tokenizer.padding_side == "right"  # the saved tiny tokenizers pad right
+    inputs = build_batch(
+        tiny, [(make_image(seed=1), "is there a red object in the image ?"), (make_image(), "no")]
+    )
+    assert tokenizer.padding_side == "right"
+    mask = inputs.tensors["attention_mask"].bool()
+    short = int(mask.sum(1).argmin())
+    assert not mask[short, 0]  # the shorter prompt is padded on the left
+    assert mask[:, -1].all()
+    assert inputs.layouts[short].first_position == int((~mask[short]).sum())
+    # Padding tokens are the pad id; the real tokens equal the sample built alone.
+    alone = build_inputs(tiny, make_image(), "no")
+    assert torch.equal(inputs.input_ids[short, mask[short]], alone.input_ids[0])
