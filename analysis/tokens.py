@@ -5,6 +5,9 @@ model's own processor and chat template, and returns, aligned with the token
 sequence, which positions are visual, which are text, which text positions are
 queries after the image, and for every visual token its image index, tile, row,
 column and whether it is a separator (LLaVA-NeXT's ``image_newline``).
+Each family (:mod:`analysis.families`) says where its visual tokens sit
+(``Family.image_tokens``) and how its processor wants a batch's images
+(``Family.processor_images``); nothing here special-cases a family.
 
 Nothing here hard-codes a token count or id: counts are derived from the
 config and the processor's image sizes, then checked against the visual
@@ -27,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from analysis.errors import UserInputError, VsinkError
 
 if TYPE_CHECKING:
+    from analysis.families import Family
     from analysis.loading import LoadedModel
 
 ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
@@ -219,6 +223,13 @@ class ModelInputs:
     layouts: list[TokenLayout]
     prompts: list[str]
     image_sizes: list[list[tuple[int, int]]] = field(default_factory=list)
+    #: The family whose processor built the tensors: which of them are per image, and how
+    #: one sample's are cut out (:meth:`select`). None: one entry per image, the default.
+    family: Family | None = None
+
+    @property
+    def per_image_tensors(self) -> frozenset[str]:
+        return self.family.per_image_tensors if self.family else _PER_IMAGE_TENSORS
 
     @property
     def input_ids(self) -> Int[torch.Tensor, "batch pos"]:
@@ -280,7 +291,7 @@ class ModelInputs:
         for key, value in self.tensors.items():
             if key == "input_ids":
                 tensors[key] = torch.cat([value, new_ids], dim=1)
-            elif key not in _PER_IMAGE_TENSORS and value.shape[:2] == self.input_ids.shape:
+            elif key not in self.per_image_tensors and value.shape[:2] == self.input_ids.shape:
                 fill = 1 if key == "attention_mask" else 0
                 extra = value.new_full((self.batch_size, n_new, *value.shape[2:]), fill)
                 tensors[key] = torch.cat([value, extra], dim=1)
@@ -303,7 +314,9 @@ class ModelInputs:
                     tokens=layout.tokens + [str(int(i)) for i in ids],
                 )
             )
-        return ModelInputs(tensors, layouts, list(self.prompts), list(self.image_sizes))
+        return ModelInputs(
+            tensors, layouts, list(self.prompts), list(self.image_sizes), self.family
+        )
 
     def select(self, index: int) -> ModelInputs:
         """Sample ``index`` as a batch of one with its padding stripped (reference runs)."""
@@ -311,11 +324,18 @@ class ModelInputs:
         start = layout.first_position
         counts = [len(sizes) for sizes in self.image_sizes]
         first, n_images = sum(counts[:index]), counts[index]
-        tensors: dict[str, torch.Tensor] = {}
+        if self.family is not None:
+            tensors = self.family.select_images(self.tensors, index, first, n_images)
+        else:
+            tensors = {
+                key: value[first : first + n_images]
+                for key, value in self.tensors.items()
+                if key in _PER_IMAGE_TENSORS
+            }
         for key, value in self.tensors.items():
-            if key in _PER_IMAGE_TENSORS:
-                tensors[key] = value[first : first + n_images]
-            elif value.shape[:2] == self.input_ids.shape:
+            if key in self.per_image_tensors:
+                continue
+            if value.shape[:2] == self.input_ids.shape:
                 tensors[key] = value[index : index + 1, start:]
             else:
                 raise ValueError(
@@ -331,10 +351,12 @@ class ModelInputs:
             geometry=_shift_geometry(layout.geometry, -start),
             tokens=layout.tokens[start:],
         )
-        return ModelInputs(tensors, [shifted], [self.prompts[index]], [self.image_sizes[index]])
+        return ModelInputs(
+            tensors, [shifted], [self.prompts[index]], [self.image_sizes[index]], self.family
+        )
 
 
-# Tensors with one entry per image (not per sample): split by image counts.
+# Tensors with one entry per image (not per sample) when no family says otherwise.
 _PER_IMAGE_TENSORS = frozenset({"pixel_values", "image_sizes"})
 
 
@@ -350,78 +372,6 @@ def _shift_geometry(geometry: VisualGeometry, offset: int) -> VisualGeometry:
     )
 
 
-# --------------------------------------------------------------------------- per family
-
-
-def _grid_tokens(spec: GridSpec, separator_col: bool = False) -> list[tuple[int, int, bool]]:
-    cols = spec.cols + (1 if separator_col else 0)
-    return [(r, c, separator_col and c == spec.cols) for r in range(spec.rows) for c in range(cols)]
-
-
-def _llava_image_tokens(
-    model: LoadedModel, image_index: int, size: tuple[int, int]
-) -> tuple[list[GridSpec], list[tuple[int, int, int, bool]]]:
-    config = model.config
-    vision = config.vision_config
-    side = vision.image_size // vision.patch_size
-    height, width = size
-    # CLIP processors resize the shortest edge then centre-crop a square.
-    crop = min(height, width)
-    x0, y0 = (width - crop) / 2, (height - crop) / 2
-    spec = GridSpec(image_index, 0, "grid", side, side, (x0, y0, x0 + crop, y0 + crop))
-    tokens: list[tuple[int, int, int, bool]] = []
-    if getattr(config, "vision_feature_select_strategy", "default") == "full":
-        tokens.append((0, -1, -1, True))  # the CLS token: visual but not spatial
-    tokens += [(0, r, c, sep) for r, c, sep in _grid_tokens(spec)]
-    return [spec], tokens
-
-
-def _llava_next_image_tokens(
-    model: LoadedModel, image_index: int, size: tuple[int, int]
-) -> tuple[list[GridSpec], list[tuple[int, int, int, bool]]]:
-    from transformers.models.llava_next.modeling_llava_next import (
-        get_anyres_image_grid_shape,
-        unpad_image,
-    )
-
-    config = model.config
-    vision = config.vision_config
-    side = vision.image_size // vision.patch_size
-    height, width = size
-    extent = (0.0, 0.0, float(width), float(height))
-    base = GridSpec(image_index, 0, "base", side, side, extent)
-    tiles_h, tiles_w = get_anyres_image_grid_shape(
-        (height, width), config.image_grid_pinpoints, vision.image_size
-    )
-    # Reuse HF's own unpadding on a dummy tensor so the shape matches the model exactly.
-    dummy = torch.zeros(1, tiles_h * side, tiles_w * side)
-    rows, cols = unpad_image(dummy, torch.tensor([height, width])).shape[1:]
-    has_newline = getattr(model.hf_model.model, "image_newline", None) is not None
-    hires = GridSpec(image_index, 1, "anyres", int(rows), int(cols), extent, has_newline)
-    tokens = [(0, r, c, sep) for r, c, sep in _grid_tokens(base)]
-    tokens += [(1, r, c, sep) for r, c, sep in _grid_tokens(hires, separator_col=has_newline)]
-    return [base, hires], tokens
-
-
-def _gemma3_image_tokens(
-    model: LoadedModel, image_index: int, size: tuple[int, int]
-) -> tuple[list[GridSpec], list[tuple[int, int, int, bool]]]:
-    per_image = int(model.config.mm_tokens_per_image)
-    side = round(per_image**0.5)
-    if side * side != per_image:
-        raise GeometryError(f"mm_tokens_per_image={per_image} is not a square grid.")
-    height, width = size
-    spec = GridSpec(image_index, 0, "grid", side, side, (0.0, 0.0, float(width), float(height)))
-    return [spec], [(0, r, c, sep) for r, c, sep in _grid_tokens(spec)]
-
-
-_GEOMETRY = {
-    "grid": _llava_image_tokens,
-    "anyres": _llava_next_image_tokens,
-    "pooled_grid": _gemma3_image_tokens,
-}
-
-
 def visual_geometry(
     model: LoadedModel,
     input_ids: Int[torch.Tensor, " pos"],
@@ -433,11 +383,10 @@ def visual_geometry(
     prompt order.
     """
     positions = (input_ids == model.image_token_id).nonzero().flatten()
-    builder = _GEOMETRY[model.family.layout]
     grids: list[GridSpec] = []
     rows: list[tuple[int, int, int, int, bool]] = []
     for index, size in enumerate(image_sizes):
-        specs, tokens = builder(model, index, size)
+        specs, tokens = model.family.image_tokens(model, index, size)
         grids += specs
         rows += [(index, tile, r, c, sep) for tile, r, c, sep in tokens]
     if len(rows) != positions.numel():
@@ -513,19 +462,14 @@ def build_batch(
             raise ValueError("Every sample needs a non-empty text prompt.")
         pil_lists.append([load_image(img) for img in image_list])
         prompts.append(format_prompt(model, prompt, len(image_list)))
-    processor = model.processor
-    tokenizer = processor.tokenizer
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        encoded = processor(
-            images=pil_lists if model.family.layout == "pooled_grid" else _flatten(pil_lists),
-            text=prompts,
-            padding=True,
-            return_tensors="pt",
-        )
-    finally:
-        tokenizer.padding_side = previous_side
+    # Left padding for this call only: the shared tokenizer's padding_side stays as it is.
+    encoded = model.processor(
+        images=model.family.processor_images(pil_lists),
+        text=prompts,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
     tensors = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
     check_length(model, int(tensors["input_ids"].shape[1]))
     sizes = [[(img.height, img.width) for img in images] for images in pil_lists]
@@ -537,7 +481,7 @@ def build_batch(
         tensors = {k: v.to(device) for k, v in tensors.items()}
     if model.dtype != torch.float32 and "pixel_values" in tensors:
         tensors["pixel_values"] = tensors["pixel_values"].to(model.dtype)
-    return ModelInputs(tensors, layouts, prompts, sizes)
+    return ModelInputs(tensors, layouts, prompts, sizes, model.family)
 
 
 def context_length(model: LoadedModel) -> int | None:
@@ -560,10 +504,6 @@ def check_length(model: LoadedModel, n_tokens: int) -> None:
             f"The prompt is {n_tokens} tokens, longer than {limit}, {source}; shorten it, "
             "or pass --max-length N (extra['max_length'] in Python) to run it anyway."
         )
-
-
-def _flatten(nested: list[list[Image.Image]]) -> list[Image.Image]:
-    return [img for images in nested for img in images]
 
 
 def _layout(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from analysis.errors import VsinkError
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
     from analysis.loading import LoadedModel
@@ -61,6 +62,12 @@ COMMON_CONFIG_KEYS: frozenset[str] = frozenset(
         "initializer_range",
     }
 )
+
+
+def grid_tokens(rows: int, cols: int, separator_col: bool = False) -> list[tuple[int, int, bool]]:
+    """(row, col, is_separator) of a row-major grid; ``separator_col`` adds one column at the end."""
+    width = cols + (1 if separator_col else 0)
+    return [(r, c, separator_col and c == cols) for r in range(rows) for c in range(width)]
 
 
 class UnsupportedConfigError(VsinkError):
@@ -106,11 +113,16 @@ class Family(ABC):
 
     # ------------------------------------------------------------------ config
 
-    def check_config(self, config: Any) -> None:
-        """Refuse, before any weight loads, a config key or value this family does not handle."""
+    def check_config(self, config: Any, *, allow_unknown: bool = False) -> None:
+        """Refuse, before any weight loads, a config key or value this family does not handle.
+
+        Keys are the ones the checkpoint sets (``to_diff_dict``: what differs from
+        the config class's defaults, every key the config.json adds included).
+        ``allow_unknown`` skips the key check; the value checks always run.
+        """
         keys = set(config.to_diff_dict()) if hasattr(config, "to_diff_dict") else set()
         unknown = sorted(keys - COMMON_CONFIG_KEYS - self.config_keys)
-        if unknown:
+        if unknown and not allow_unknown:
             raise UnsupportedConfigError(
                 f"{self.name}: the config has keys this toolkit does not handle for the family "
                 f"({', '.join(unknown)}); they may change the visual-token layout. Check them and "
@@ -133,6 +145,25 @@ class Family(ABC):
     def processor_images(self, images: list[list[Image.Image]]) -> Any:
         """How the processor wants a batch's images: flat by default, nested per sample where needed."""
         return [image for sample in images for image in sample]
+
+    # ------------------------------------------------------------------ batches
+
+    #: Processor outputs with one entry per image, not per sample (split by image counts).
+    per_image_tensors: ClassVar[frozenset[str]] = frozenset({"pixel_values", "image_sizes"})
+
+    def select_images(
+        self, tensors: dict[str, torch.Tensor], sample: int, first: int, count: int
+    ) -> dict[str, torch.Tensor]:
+        """The per-image tensors of batch row ``sample``, whose images are ``first .. first + count``.
+
+        Override where a tensor is not one entry per image (patches packed per
+        image, images nested per sample).
+        """
+        return {
+            key: value[first : first + count]
+            for key, value in tensors.items()
+            if key in self.per_image_tensors
+        }
 
     # ------------------------------------------------------------------ geometry
 
