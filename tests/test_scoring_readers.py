@@ -352,6 +352,7 @@ def test_registered_reader_round_trips_its_fixture(tmp_path, name):
     described = by_file.describe()
     assert described["format"] == name
     assert described["source"] == str(source)
+    assert "decode_dir" not in described  # where images were written is not the dataset
     assert all(isinstance(v, str | None) for v in described.values())
 
 
@@ -430,7 +431,7 @@ def test_requests_are_checked_against_the_reader_before_reading(tmp_path):
         ({**kwargs, "prompt": "p"}, "The tsv reader does not use prompt"),
         ({**kwargs, "answers": source}, "The tsv reader does not use answers"),
         ({**kwargs, "limit": 0}, "limit must be >= 1, got 0."),
-        ({**kwargs, "benchmark": "vqa", "format": "llava"}, "does not use decode_dir"),
+        ({**kwargs, "benchmark": "vqa", "format": "llava", "prompt": "p"}, "does not use prompt"),
     ]
     for options, wording in cases:
         with pytest.raises(DatasetError) as caught:

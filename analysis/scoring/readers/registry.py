@@ -128,12 +128,14 @@ class Reader:
         for name in self.requires:
             if getattr(request, name) is None:
                 raise DatasetError(f"The {self.name} reader needs {_DESCRIBED[name]} ({name}).")
-        used = {"benchmark", *self.requires, *self.accepts}
+        # decode_dir is where a caller offers to write images, not something a user chose:
+        # a reader that stores none ignores it.
+        used = {"benchmark", "decode_dir", *self.requires, *self.accepts}
         extra = [f for f in OPTIONAL_FIELDS if f not in used and getattr(request, f) is not None]
         if extra:
             raise DatasetError(
                 f"The {self.name} reader does not use {', '.join(extra)} "
-                f"(it reads: {', '.join(sorted(used - {'benchmark'})) or 'the source only'})."
+                f"(it reads: {', '.join(sorted({*self.requires, *self.accepts})) or 'the source'})."
             )
         if request.limit is not None and request.limit < 1:
             raise DatasetError(f"limit must be >= 1, got {request.limit}.")
@@ -249,7 +251,7 @@ class Dataset:
         fields = {
             f: str(v) if isinstance(v, Path) else v
             for f in ("source", *OPTIONAL_FIELDS)
-            if (v := getattr(self.request, f)) is not None and f != "limit"
+            if (v := getattr(self.request, f)) is not None and f not in ("limit", "decode_dir")
         }
         return {"format": self.reader.name, **fields}
 
