@@ -40,6 +40,8 @@ SEED = 0
 MAX_NEW_TOKENS = 16
 #: samples per forward pass.
 BATCH_SIZE = 1
+#: items a notebook runs over on a real dataset unless VSINK_LIMIT says otherwise.
+NOTEBOOK_LIMIT = 16
 
 
 # --------------------------------------------------------------------------- evaluation
