@@ -889,7 +889,7 @@ def run_evaluation(
     with locked or contextlib.nullcontext():
         shard = init_distributed()
         loaded = load(model, rank_device(device, shard), dtype, device_map, max_length)
-        return shard, evaluate(loaded, items, dataset=source, force=force, **options)
+        return shard, evaluate(loaded, items, dataset=source, force=force, shard=shard, **options)
 
 
 def _ci(entry: dict[str, float] | None, spec: str = ".3f") -> str:

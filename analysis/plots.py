@@ -45,6 +45,7 @@ from jaxtyping import Bool, Float
 from plotly.subplots import make_subplots
 
 from analysis.fsio import write_atomic
+from analysis.stats import mean_ci
 
 if TYPE_CHECKING:
     from analysis.ablation import AblationResult
@@ -126,24 +127,6 @@ def _panel_px(fig: go.Figure, row: int, col: int) -> tuple[float, float]:
     bottom = margin.b if margin.b is not None else 80
     (x0, x1), (y0, y1) = _subplot_domains(fig, row, col)
     return (width - left - right) * (x1 - x0), (height - top - bottom) * (y1 - y0)
-
-
-def _mean_ci(
-    values: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean and a percentile-bootstrap CI of the mean (NaNs dropped)."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(values.mean())
-    if values.size == 1:
-        return mean, mean, mean
-    rng = np.random.default_rng(seed)
-    boot = values[rng.integers(0, values.size, (n_boot, values.size))].mean(1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(boot, [tail, 100 - tail])
-    return mean, float(lo), float(hi)
 
 
 def _underlay(image: ImageLike, max_side: int = 448) -> tuple[go.Image, int, int]:
@@ -683,7 +666,7 @@ def knockout_bars(
     for col, values, label in ((1, delta, "delta log p"), (2, kl, "KL")):
         for x, target in enumerate(order):
             pooled = values[targets[target]].reshape(-1)
-            mean, lo, hi = _mean_ci(pooled, level, seed=seed)
+            mean, lo, hi = mean_ci(pooled, level=level, seed=seed)
             color = TARGET_COLORS.get(target, "#17becf")
             fig.add_trace(
                 go.Bar(
@@ -776,7 +759,7 @@ def contribution_bars(
         for g, group in enumerate(result.groups):
             means, lows, highs = [], [], []
             for slot in slots:
-                mean, lo, hi = _mean_ci(per_sample[:, slot, g].numpy(), level)
+                mean, lo, hi = mean_ci(per_sample[:, slot, g].numpy(), level=level)
                 means.append(mean)
                 lows.append(mean - lo)
                 highs.append(hi - mean)

@@ -205,6 +205,21 @@ class QwenVLFamily(Family):
             image_processor=image_processor, tokenizer=tokenizer, chat_template=template
         )
 
+    # ------------------------------------------------------------------ batches
+
+    per_image_tensors = frozenset({"pixel_values", "image_grid_thw"})
+
+    def select_images(
+        self, tensors: dict[str, torch.Tensor], sample: int, first: int, count: int
+    ) -> dict[str, torch.Tensor]:
+        """``pixel_values`` holds every image's patches end to end (``image_grid_thw`` of each)."""
+        grid = tensors["image_grid_thw"]
+        patches = [0, *torch.cumsum(grid.prod(-1), 0).tolist()]
+        return {
+            "pixel_values": tensors["pixel_values"][patches[first] : patches[first + count]],
+            "image_grid_thw": grid[first : first + count],
+        }
+
     # ------------------------------------------------------------------ geometry
 
     def image_tokens(

@@ -28,7 +28,7 @@ the delimiter as a text sink).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -131,6 +131,7 @@ def build_qwen2_5_vl(spec: PlantedSpec) -> tuple[Any, Any]:
     from analysis.families import get
     from analysis.families.qwen2_5_vl import (
         QWEN_TEMPLATE,
+        QwenVLFamily,
         mrope_section,
         qwen_token_ids,
         qwen_tokenizer,
@@ -179,7 +180,7 @@ def build_qwen2_5_vl(spec: PlantedSpec) -> tuple[Any, Any]:
     _llama_weights(plan, sd, _NoBos(tok), rng)  # zeroes every weight first
     _vision_weights(plan, sd, rng)
     model.load_state_dict(sd, strict=True)
-    family = get("qwen2_5_vl")
+    family = cast(QwenVLFamily, get("qwen2_5_vl"))
     image_processor = family.image_processor_class()(
         patch_size=PATCH,
         merge_size=MERGE,
