@@ -183,8 +183,8 @@ def sinks(
     import torch
 
     from analysis.checks import check_settings
-    from analysis.plots import sink_overview, write_html
     from analysis.sinks import find_sinks
+    from analysis.viz import sink_overview, write_html
 
     check_settings(tau=tau, max_length=max_length)
     parse_dims(dims)  # a malformed --dims is refused before loading

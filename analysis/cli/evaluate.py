@@ -284,8 +284,8 @@ def sweep(
 def write_sweep_figure(run_dir: Path, *, metric: str | None, scoring: str, x: str) -> list[Path]:
     """OUT/sweep.html and OUT/sweep.png from a run's summary and manifest."""
     from analysis.evaluation import read_manifest
-    from analysis.plots import sweep_figure, to_png, write_html
     from analysis.sweep import sweep_rows
+    from analysis.viz import sweep_figure, to_png, write_html
 
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = sweep_rows(summary, read_manifest(run_dir)["conditions"], metric=metric, scoring=scoring)
