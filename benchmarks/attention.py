@@ -50,15 +50,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(1, str(HERE.parent))
-
-import torch  # noqa: E402
 
 SHAPES: dict[str, dict[str, Any]] = {
     "llava7b": {"family": "llava", "image_hw": (336, 336)},
@@ -692,7 +686,23 @@ def _pin_malloc() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
+#: The environment of every benchmark run (unless already set): no network, quiet tokenizers.
+RUN_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def set_run_env() -> None:
+    """Apply :data:`RUN_ENV` and make the checkout's ``analysis`` importable without installing.
+
+    Called by :func:`main` before transformers and ``analysis`` are imported (lazily).
+    """
+    for key, value in RUN_ENV.items():
+        os.environ.setdefault(key, value)
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(1, str(HERE.parent))
+
+
 def main(argv: list[str] | None = None) -> int:
+    set_run_env()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")

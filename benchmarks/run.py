@@ -41,12 +41,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+# `common` and `report` sit next to this file: run as a script, its folder is on sys.path;
+# imported (tests), the importer puts it there.
 import common
 import report
 import torch
@@ -670,7 +666,18 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: The environment of every benchmark run (unless already set): no network, quiet tokenizers.
+RUN_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def set_run_env() -> None:
+    """Apply :data:`RUN_ENV`; before transformers is imported (every area imports it lazily)."""
+    for key, value in RUN_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    set_run_env()
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
