@@ -34,6 +34,12 @@ Memory: each variant once, the peak above what was allocated before the call
 (reset before the call), with glibc's mmap threshold pinned so freed blocks
 go back to the system between variants. Times: variants interleaved (ABBA),
 median of per-repeat ratios (``benchmarks/common.py``).
+
+Why one file of ~800 lines: it is a stand-alone script (not part of the
+``analysis`` package) that the GPU run executes as is, and its sections
+(models, measuring, variants, one case, targets, report) all work on the same
+variant names, shape table and result rows; each section reads top to bottom
+in the order a run goes through them.
 """
 
 from __future__ import annotations

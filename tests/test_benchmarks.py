@@ -82,9 +82,9 @@ def test_parallel_metric_from_runs(
         two = "--nproc-per-node" in command
         return {"seconds": 10.0, "records": 8, "records_per_s_steady": 2.0 if two else 1.0}
 
-    monkeypatch.setattr(bench, "_run_eval", fake_run)
+    monkeypatch.setattr(bench.area_parallel, "_run_eval", fake_run)
     device, dtype = bench.common.resolve("cpu", None)
-    (metric,) = bench.bench_parallel(
+    (metric,) = bench.area_parallel.bench_parallel(
         device=device, dtype=dtype, n_items=4, workdir=tmp_path, repeats=1
     )
     assert metric.id == "parallel.items_per_s_2proc_vs_1.demo"
