@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def mean_ci(
-    values: np.ndarray, level: float = CI_LEVEL, n_boot: int = N_BOOT, seed: int = SEED
+    values: np.ndarray, *, n_boot: int = N_BOOT, seed: int = SEED, level: float = CI_LEVEL
 ) -> tuple[float, float, float]:
     """Mean and a percentile-bootstrap CI of the mean (NaNs dropped).
 
@@ -77,7 +77,7 @@ def knockout_bars(
     for col, values, label in ((1, delta, "delta log p"), (2, kl, "KL")):
         for x, target in enumerate(order):
             pooled = values[targets[target]].reshape(-1)
-            mean, lo, hi = mean_ci(pooled, level, seed=seed)
+            mean, lo, hi = mean_ci(pooled, level=level, seed=seed)
             color = TARGET_COLORS.get(target, "#17becf")
             fig.add_trace(
                 go.Bar(
@@ -170,7 +170,7 @@ def contribution_bars(
         for g, group in enumerate(result.groups):
             means, lows, highs = [], [], []
             for slot in slots:
-                mean, lo, hi = mean_ci(per_sample[:, slot, g].numpy(), level)
+                mean, lo, hi = mean_ci(per_sample[:, slot, g].numpy(), level=level)
                 means.append(mean)
                 lows.append(mean - lo)
                 highs.append(hi - mean)
