@@ -369,6 +369,27 @@ def test_a_hub_style_config_passes_the_key_check(tmp_path):
     assert config.get_text_config().rope_parameters["mrope_section"] == mrope_section(128)
 
 
+def test_vsink_info_shows_the_grid_and_no_bos(qwen, qwen_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from analysis.cli import app
+
+    out = tmp_path / "info.json"
+    image = tmp_path / "wide.png"
+    make_image(30, 50).save(image)
+    result = CliRunner().invoke(
+        app, ["info", qwen_dir, "--image", str(image), "--device", "cpu", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    rows, cols = merged_grid(qwen.processor.image_processor, (30, 50))
+    assert summary["family"] == qwen.family.name
+    assert summary["layout"]["n_visual"] == rows * cols
+    assert summary["layout"]["grids"][0]["rows"] == rows
+    assert summary["bos_token_id"] is None
+    assert summary["layout"]["bos_position"] is None
+
+
 def test_qwen2_vl_is_refused_with_the_reason(tmp_path):
     from transformers import Qwen2VLConfig
 

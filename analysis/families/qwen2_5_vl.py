@@ -259,6 +259,12 @@ class QwenVLFamily(Family):
     def prepare_bridge(self, bridge: Any) -> None:
         from analysis.attention import install_native_routing
 
+        tokenizer = getattr(getattr(bridge, "processor", None), "tokenizer", None)
+        if tokenizer is not None and tokenizer.bos_token == tokenizer.eos_token:
+            # TransformerLens fills a missing BOS with EOS (in place); Qwen has no BOS, and
+            # <|im_end|> taken for one would mislabel positions and `vsink info`.
+            tokenizer.bos_token = None
+
         if install_native_routing(bridge) == 0:
             raise VsinkError(
                 f"{self.name}: no HF-native attention layer found to route; this TransformerLens "
