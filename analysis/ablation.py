@@ -29,6 +29,7 @@ from jaxtyping import Bool
 
 from analysis import hooks
 from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook, score_mask_hook
+from analysis.attention_guard import require_attention_edits
 from analysis.capture import HookFn
 from analysis.checks import check_settings
 from analysis.generation import answer_logprobs, kl_divergence
@@ -113,6 +114,8 @@ class KnockOut:
             raise ValueError(
                 f"Knock-out layers {bad} out of range (the model has {model.n_layers} layers)."
             )
+        # A knock-out edits hook_attn_scores (pre) or hook_pattern (post): refuse where discarded.
+        require_attention_edits(model, f"A {mode}-softmax knock-out", scores=mode == "pre")
         self.prefill_len = int(inputs.input_ids.shape[1])
         self.valid = inputs.stack("attention_mask")
         self.visual = inputs.visual

@@ -126,13 +126,25 @@ def probe_attention_edits(model: LoadedModel) -> AttentionEdits:
     hooks += [(attn_out(layer), record(layer)) for layer in layers]
     _run(model, ids, hooks)
     reasons: list[str] = []
+    pre_softmax = {
+        layer: layer in scores
+        and layer in patterns
+        and torch.allclose(scores[layer].softmax(-1), patterns[layer], atol=tol, rtol=0)
+        for layer in layers
+    }
     pattern_ok = scores_ok = True
     for layer in layers:
         if layer not in patterns or layer not in outs:
             reasons.append(f"hook_pattern of layer {layer} never fired")
             pattern_ok = False
             break
-        if float(rows_equal(outs[layer], model.dtype)) > tol:
+        if outs[layer].abs().amax() == 0:
+            # All-zero values (a planted model): equal rows prove nothing; the pattern is
+            # then edited in time exactly when the scores hook ran inside the computation.
+            effective = pre_softmax[layer]
+        else:
+            effective = float(rows_equal(outs[layer], model.dtype)) <= tol
+        if not effective:
             reasons.append(
                 f"an edit at {attn_pattern(layer)} does not reach the attention output (the "
                 "attention is computed by the HF module and the hook fires after the fact)"
@@ -144,7 +156,7 @@ def probe_attention_edits(model: LoadedModel) -> AttentionEdits:
             reasons.append(f"hook_attn_scores of layer {layer} never fired")
             scores_ok = False
             break
-        if not torch.allclose(scores[layer].softmax(-1), patterns[layer], atol=tol, rtol=0):
+        if not pre_softmax[layer]:
             reasons.append(
                 f"{attn_scores(layer)} receives the post-softmax pattern, not pre-softmax scores"
             )
@@ -156,7 +168,11 @@ def probe_attention_edits(model: LoadedModel) -> AttentionEdits:
         hooks += [(attn_out(layer), record(layer)) for layer in layers]
         _run(model, ids, hooks)
         for layer in layers:
-            if layer not in outs or float(rows_equal(outs[layer], model.dtype)) > tol:
+            if layer not in outs:
+                reasons.append(f"hook_attn_out of layer {layer} never fired")
+                scores_ok = False
+                break
+            if outs[layer].abs().amax() > 0 and float(rows_equal(outs[layer], model.dtype)) > tol:
                 reasons.append(f"an edit at {attn_scores(layer)} does not reach the output")
                 scores_ok = False
                 break

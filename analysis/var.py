@@ -26,6 +26,7 @@ from jaxtyping import Bool
 
 from analysis import hooks
 from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook
+from analysis.attention_guard import require_attention_edits
 from analysis.capture import AttentionMaps, HookFn, attention_maps, forward
 from analysis.checks import ConfigError, check_choice, check_layers, check_settings
 from analysis.results import ResultMixin
@@ -247,6 +248,8 @@ class VarIntervention:
         for layer in layers:
             if not 0 <= layer < model.n_layers:
                 raise ValueError(f"VAR layer {layer} out of range (model has {model.n_layers}).")
+        # VAR rewrites hook_pattern: refuse where such edits would be discarded.
+        require_attention_edits(model, "VAR")
         self.layers = layers
         self.prefill_len = int(inputs.input_ids.shape[1])
         self.visual = inputs.visual

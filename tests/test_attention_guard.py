@@ -96,6 +96,43 @@ def test_qwen_without_its_routing_is_refused_in_one_line(tiny_models):
         model.extra[EDITS_KEY] = cached
 
 
+def test_var_and_knock_outs_refuse_on_qwen_without_its_routing(tiny_models):
+    """The guard is wired into the interventions: their constructors refuse, in one line."""
+    from conftest import make_image
+
+    from analysis.ablation import KnockOut
+    from analysis.tokens import build_batch
+    from analysis.var import VarConfig, VarIntervention
+
+    model = tiny_models[QWEN]
+    inputs = build_batch(model, [(make_image(seed=1), "describe")])
+    sinks = torch.zeros(inputs.input_ids.shape, dtype=torch.bool)
+    sinks[0, int(inputs.layouts[0].geometry.positions[0])] = True
+    positions = [int(p) for p in inputs.layouts[0].geometry.positions[:2]]
+
+    def build_all() -> None:
+        VarIntervention(model, inputs, dims=None, sinks=sinks, config=VarConfig(layers=(1, 2)))
+        for mode in ("pre", "post"):
+            KnockOut(model, inputs, target="positions", positions=positions, mode=mode)
+
+    cached = model.extra.pop(EDITS_KEY, None)
+    remove_native_routing(model.bridge)
+    try:
+        with pytest.raises(
+            AttentionEditsError, match=f"^VAR needs attention-pattern edits.*{QWEN}"
+        ):
+            VarIntervention(model, inputs, dims=None, sinks=sinks, config=VarConfig(layers=(1,)))
+        for mode in ("pre", "post"):
+            with pytest.raises(AttentionEditsError, match=f"^A {mode}-softmax knock-out"):
+                KnockOut(model, inputs, target="positions", positions=positions, mode=mode)
+    finally:
+        install_native_routing(model.bridge)
+        model.extra.pop(EDITS_KEY, None)
+    build_all()  # routed: all three build
+    if cached is not None:
+        model.extra[EDITS_KEY] = cached
+
+
 def test_post_softmax_scores_alone_refuse_only_score_edits(tiny_models, monkeypatch):
     """A model whose pattern edits work but whose score hook is post-softmax."""
     model = tiny_models["llava"]
