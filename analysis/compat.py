@@ -69,7 +69,8 @@ def install_cache_compat(bridge: torch.nn.Module) -> int:
 
     count = 0
     for module in bridge.modules():
-        if isinstance(module, AttentionBridge):
+        # An HF-native bridge (Qwen-VL) hands its kwargs to the HF module, which reads `cache`.
+        if isinstance(module, AttentionBridge) and not module.maintain_native_attention:
             if getattr(module, _HANDLE, None) is None:
                 handle = module.register_forward_pre_hook(_hand_cache_on, with_kwargs=True)
                 setattr(module, _HANDLE, handle)
