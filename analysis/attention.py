@@ -471,13 +471,17 @@ def install_native_routing(bridge: torch.nn.Module) -> int:
     config at :data:`HOOKED_ATTENTION` and tells each HF attention module
     which bridge's hook points to run. Returns how many layers were routed.
     """
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
     register_attention_function()
     hf_model = cast(Any, bridge).original_model
     count = 0
     for block in cast(Any, bridge).blocks:
         attn = block.attn
         hf_attn = getattr(attn, "original_component", None)
-        if hf_attn is None or not getattr(attn, "maintain_native_attention", False):
+        # Only bridges whose forward delegates to the HF module (TransformerLens' own
+        # attention bridges, e.g. LLaVA's, compute attention themselves).
+        if hf_attn is None or type(attn).forward is not AttentionBridge.forward:
             continue
         # Straight into __dict__: a module attribute would register the bridge as a
         # submodule of the HF model (duplicate hook names, a cycle in .modules()).

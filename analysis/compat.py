@@ -69,8 +69,12 @@ def install_cache_compat(bridge: torch.nn.Module) -> int:
 
     count = 0
     for module in bridge.modules():
-        # An HF-native bridge (Qwen-VL) hands its kwargs to the HF module, which reads `cache`.
-        if isinstance(module, AttentionBridge) and not module.maintain_native_attention:
+        # A bridge whose forward delegates to the HF module (Qwen-VL's mRoPE attention) hands
+        # its kwargs on as they are, and the HF module reads `cache` itself.
+        if (
+            isinstance(module, AttentionBridge)
+            and type(module).forward is not AttentionBridge.forward
+        ):
             if getattr(module, _HANDLE, None) is None:
                 handle = module.register_forward_pre_hook(_hand_cache_on, with_kwargs=True)
                 setattr(module, _HANDLE, handle)

@@ -86,6 +86,19 @@ def test_text_attention_runs_the_hooked_function_and_the_vision_tower_its_own(qw
     assert config.vision_config._attn_implementation != "vsink_eager"
 
 
+def test_only_delegating_attention_bridges_are_routed(tiny_models):
+    """TransformerLens' own attention bridges (LLaVA's) compute attention themselves: left alone."""
+    from analysis.compat import _HANDLE
+
+    for name, model in tiny_models.items():
+        attn = model.bridge.blocks[0].attn
+        native = model.family.name in FAMILIES
+        assert (getattr(attn, "_vsink_native_routed", False) is True) == native, name
+        # The cache hand-on pre-hook sits only where TransformerLens computes attention.
+        assert (getattr(attn, _HANDLE, None) is None) == native, name
+    assert install_native_routing(tiny_models["llava"].bridge) == 0
+
+
 def test_pattern_and_residual_edits_change_the_logits(qwen):
     inputs = _two(qwen)
     baseline = forward(qwen, inputs)
