@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 
 from analysis import hooks
 from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
+from analysis.config import TAU
 from analysis.results import ResultMixin, provenance
+from analysis.sink_math import phi
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
@@ -246,7 +248,7 @@ def attention_maps(
     views: Sequence[tuple[int, int | None]],
     queries: Sequence[int] = (-1,),
     dims: Sequence[int] | None = None,
-    tau: float = 20.0,
+    tau: float = TAU,
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
 ) -> AttentionMaps:
     """Attention maps over the image of chosen text queries, for (layer, head) views.
@@ -255,8 +257,6 @@ def attention_maps(
     last prompt token). ``fwd_hooks`` run first, so the maps show attention
     under an intervention (a knock-out, VAR) when given one.
     """
-    from analysis.sinks import phi  # sinks imports this module
-
     views = [(int(layer), None if head is None else int(head)) for layer, head in views]
     for layer, head in views:
         if not 0 <= layer < model.n_layers:
@@ -379,7 +379,7 @@ def token_states(
     *,
     layer: int,
     dims: Sequence[int],
-    tau: float = 20.0,
+    tau: float = TAU,
     sample: int = 0,
     positions: dict[str, int] | None = None,
 ) -> TokenStates:
@@ -389,8 +389,6 @@ def token_states(
     is the visual token with the median phi among non-sinks. ``positions``
     (label -> absolute position) replaces the automatic choice.
     """
-    from analysis.sinks import phi
-
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"Layer {layer} out of range (model has {model.n_layers}).")
     layout = inputs.layouts[sample]
@@ -481,12 +479,10 @@ def attention_received(
     inputs: ModelInputs,
     *,
     dims: Sequence[int],
-    tau: float = 20.0,
+    tau: float = TAU,
     layers: Sequence[int] | None = None,
 ) -> ReceivedAttention:
     """phi and the attention each token receives from the text queries after the image."""
-    from analysis.sinks import phi
-
     chosen = list(range(model.n_layers)) if layers is None else [int(x) for x in layers]
     batch, n_pos = inputs.input_ids.shape
     phis = torch.zeros(batch, len(chosen), n_pos)
