@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from analysis import hooks
 from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
 from analysis.config import TAU
+from analysis.interventions.base import SinkTracker
 from analysis.results import ResultMixin, provenance
 from analysis.sink_math import phi
 
@@ -274,10 +275,19 @@ def attention_maps(
     layer_sinks: dict[int, torch.Tensor] = {}
     rows = torch.arange(batch)
     wanted = rows_selector(torch.unique(query_index), inputs.input_ids.shape[1])
+    # The maps flag visual sinks only (a text sink is not on the image).
+    tracker = SinkTracker(
+        dims=dims or (),
+        tau=tau,
+        scope="visual",
+        valid=inputs.stack("attention_mask"),
+        visual=inputs.visual,
+    )
 
     def on_resid(resid: torch.Tensor, hook: Any, layer: int) -> None:
-        flags = phi(resid, dims or ()).cpu() >= tau
-        layer_sinks[layer] = flags[rows[:, None], vis_index] & vis_real
+        flags = tracker.observe(layer, resid)
+        if flags is not None:
+            layer_sinks[layer] = flags.cpu()[rows[:, None], vis_index] & vis_real
 
     def on_pattern(pattern: torch.Tensor, hook: Any, layer: int) -> None:
         # Gather only the chosen query rows and visual key columns: [batch, head, query, vis].
