@@ -342,6 +342,11 @@ class ConditionSpec:
         return {}
 
     @classmethod
+    def summary_text(cls, name: str, entry: Mapping[str, Any]) -> list[str]:
+        """Plain-text lines about this condition's summary entry (printed by the CLI)."""
+        return []
+
+    @classmethod
     def run_summary(cls, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Top-level summary entries this condition's records supply (the baseline's
         sink counts and head scores)."""

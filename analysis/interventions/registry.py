@@ -30,7 +30,18 @@ from analysis.interventions.base import (
     register,
 )
 
-__all__ = ["BUILTIN", "from_dict", "kinds", "parse", "register", "spec_class", "split_specs"]
+__all__ = [
+    "BUILTIN",
+    "from_dict",
+    "grammar",
+    "kind_of",
+    "kinds",
+    "parse",
+    "register",
+    "spec_class",
+    "split_specs",
+    "summary_lines",
+]
 BUILTIN = (baseline, knockout, var, var_ablations, var_text)
 
 
@@ -125,3 +136,22 @@ def from_dict(data: Mapping[str, Any]) -> ConditionSpec:
             f"Unknown condition layout {dict(data)!r}; kinds: {', '.join(sorted(_KINDS))}."
         )
     return cls.from_dict(data)
+
+
+def kind_of(name: str) -> type[ConditionSpec] | None:
+    """The kind of a condition label (None when it does not parse)."""
+    try:
+        specs = parse_token(name, ParseContext())
+    except ValueError:
+        return None
+    return type(specs[0]) if specs else None
+
+
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Each condition kind's plain-text lines about a run summary (in condition order)."""
+    lines: list[str] = []
+    for name, entry in summary.get("conditions", {}).items():
+        kind = kind_of(name)
+        if kind is not None:
+            lines += kind.summary_text(name, entry)
+    return lines

@@ -191,6 +191,17 @@ class VarFamily(ConditionSpec):
             }
         }
 
+    @classmethod
+    def summary_text(cls, name: str, entry: Mapping[str, Any]) -> list[str]:
+        var = entry.get("var")
+        if var is None:
+            return []
+        return [
+            f"{name}: {var['rows_changed_mean']:.1f} rows changed and "
+            f"{var['mass_moved_mean']:.3f} attention mass moved per item; "
+            f"no-op on {var['noop_items']} items"
+        ]
+
 
 @register
 @dataclass(frozen=True)
