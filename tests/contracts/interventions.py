@@ -135,6 +135,7 @@ class InterventionContract:
 
     def test_per_sample_has_one_row_per_sample(self, model, batch, dims) -> None:
         intervention = self.build(model, batch, dims)
+        assert isinstance(intervention, Intervention)  # fwd_hooks, per_sample, summary
         forward(model, batch, intervention.fwd_hooks())
         rows = intervention.per_sample()
         assert len(rows) == batch.batch_size
