@@ -33,7 +33,10 @@ def test_round_trip_through_dict_and_json(value):
 def test_defaults_are_the_constants():
     assert (SinkConfig().tau, SinkConfig().strict) == (config.TAU, False)
     selection = HeadSelection()
-    assert (selection.rho, selection.min_image_attention) == (config.RHO, config.MIN_IMAGE_ATTENTION)
+    assert (selection.rho, selection.min_image_attention) == (
+        config.RHO,
+        config.MIN_IMAGE_ATTENTION,
+    )
     assert selection.min_fraction == config.MIN_SELECTED_FRACTION
     var = VarConfig()
     assert (var.p, var.rho, var.min_image_attention, var.tau) == (
