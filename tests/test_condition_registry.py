@@ -138,3 +138,15 @@ def test_summary_lines_come_from_the_kinds():
     assert registry.summary_lines(summary) == [
         "var:to=text: 3.0 rows changed and 0.250 attention mass moved per item; no-op on 1 items"
     ]
+
+
+def test_cli_lists_every_registered_kind() -> None:
+    """`vsink conditions` reads the registry, so a new kind needs no CLI edit to be listed."""
+    from typer.testing import CliRunner
+
+    from analysis.cli import app
+
+    result = CliRunner().invoke(app, ["conditions"])
+    assert result.exit_code == 0, result.output
+    listed = [line.split(":", 1)[0] for line in result.output.splitlines() if line.strip()]
+    assert listed == list(registry.kinds())
