@@ -32,6 +32,7 @@ from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook, score_mas
 from analysis.capture import HookFn
 from analysis.checks import check_settings
 from analysis.config import DRAWS, SEED, TAU
+from analysis.errors import UserInputError
 from analysis.generation import answer_logprobs, kl_divergence
 from analysis.interventions.base import PrefillState, SinkTracker
 from analysis.results import ResultMixin, provenance
@@ -96,14 +97,14 @@ class KnockOut:
         sample_keys: Sequence[str | int] | None = None,
     ) -> None:
         if target not in TARGETS:
-            raise ValueError(f"Unknown target {target!r}; choose from {TARGETS}.")
+            raise UserInputError(f"Unknown target {target!r}; choose from {TARGETS}.")
         check_settings(tau=tau, seed=seed)
         if mode not in ("pre", "post"):
-            raise ValueError(f"Unknown mode {mode!r}; use 'pre' or 'post'.")
+            raise UserInputError(f"Unknown mode {mode!r}; use 'pre' or 'post'.")
         if target in ("sinks", "random", "nonsink") and not dims:
-            raise ValueError(f"target={target!r} needs sink dims.")
+            raise UserInputError(f"target={target!r} needs sink dims.")
         if target == "positions" and not positions:
-            raise ValueError("target='positions' needs a non-empty positions list.")
+            raise UserInputError("target='positions' needs a non-empty positions list.")
         self.model, self.target, self.mode, self.tau = model, target, mode, tau
         self.dims = None if dims is None else [int(d) for d in dims]
         self.layers = (
@@ -111,7 +112,7 @@ class KnockOut:
         )
         bad = [x for x in self.layers if not 0 <= x < model.n_layers]
         if bad:
-            raise ValueError(
+            raise UserInputError(
                 f"Knock-out layers {bad} out of range (the model has {model.n_layers} layers)."
             )
         self.prefill_len = int(inputs.input_ids.shape[1])
@@ -124,7 +125,7 @@ class KnockOut:
             list(range(self.valid.shape[0])) if sample_keys is None else list(sample_keys)
         )
         if len(self.sample_keys) != self.valid.shape[0]:
-            raise ValueError(
+            raise UserInputError(
                 f"{len(self.sample_keys)} sample keys for a batch of {self.valid.shape[0]}."
             )
         self.keys: dict[int, torch.Tensor] = {}
@@ -141,7 +142,7 @@ class KnockOut:
             explicit = torch.zeros_like(self.valid)
             for p in positions:
                 if not 0 <= int(p) < self.prefill_len:
-                    raise ValueError(
+                    raise UserInputError(
                         f"Position {p} outside the prompt (length {self.prefill_len})."
                     )
                 explicit[:, int(p)] = True

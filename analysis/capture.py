@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from analysis import hooks
 from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
 from analysis.config import TAU
+from analysis.errors import UserInputError
 from analysis.interventions.base import SinkTracker
 from analysis.results import ResultMixin, provenance
 from analysis.sink_math import phi
@@ -46,7 +47,7 @@ def forward(
     one: Gemma 3's 262k-word vocabulary makes all of them ~1 MB per position).
     """
     if logits_to_keep < 0:
-        raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}.")
+        raise UserInputError(f"logits_to_keep must be >= 0, got {logits_to_keep}.")
     device = model.device
     with torch.no_grad():
         return model.bridge.run_with_hooks(
@@ -60,7 +61,7 @@ def forward(
 
 def batched(items: Sequence[T], batch_size: int) -> Iterator[list[T]]:
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise UserInputError(f"batch_size must be >= 1, got {batch_size}.")
     for start in range(0, len(items), batch_size):
         yield list(items[start : start + batch_size])
 
@@ -134,7 +135,7 @@ def bind(fn: Callable[..., None], key: Any) -> HookFn:
 def pick_queries(n_queries: int, n: int = 4) -> list[int]:
     """``n`` indices spread evenly over ``n_queries`` text queries, first and last included."""
     if n_queries < 1:
-        raise ValueError("The sample has no text query after the image.")
+        raise UserInputError("The sample has no text query after the image.")
     if n <= 1:
         return [n_queries - 1]
     picks = torch.linspace(0, n_queries - 1, min(n, n_queries)).round().long().tolist()
@@ -147,7 +148,7 @@ def query_positions(layout: TokenLayout, picks: Sequence[int]) -> list[int]:
     out = []
     for pick in picks:
         if not -len(available) <= int(pick) < len(available):
-            raise ValueError(
+            raise UserInputError(
                 f"Query index {pick} out of range: the sample has {len(available)} text "
                 "queries after the image."
             )
@@ -261,11 +262,11 @@ def attention_maps(
     views = [(int(layer), None if head is None else int(head)) for layer, head in views]
     for layer, head in views:
         if not 0 <= layer < model.n_layers:
-            raise ValueError(f"Layer {layer} out of range (model has {model.n_layers}).")
+            raise UserInputError(f"Layer {layer} out of range (model has {model.n_layers}).")
         if head is not None and not 0 <= head < model.n_heads:
-            raise ValueError(f"Head {head} out of range (model has {model.n_heads}).")
+            raise UserInputError(f"Head {head} out of range (model has {model.n_heads}).")
     if not views:
-        raise ValueError("attention_maps needs at least one (layer, head) view.")
+        raise UserInputError("attention_maps needs at least one (layer, head) view.")
     positions = [query_positions(layout, queries) for layout in inputs.layouts]
     query_index = torch.tensor(positions, dtype=torch.long)  # [batch, query]
     vis_index, vis_real = _visual_index(inputs)
@@ -400,7 +401,7 @@ def token_states(
     (label -> absolute position) replaces the automatic choice.
     """
     if not 0 <= layer < model.n_layers:
-        raise ValueError(f"Layer {layer} out of range (model has {model.n_layers}).")
+        raise UserInputError(f"Layer {layer} out of range (model has {model.n_layers}).")
     layout = inputs.layouts[sample]
     store: dict[str, torch.Tensor] = {}
 

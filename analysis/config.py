@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, TypeVar, get_args
 
 from analysis.checks import ConfigError, check_choice, check_layers, check_settings
+from analysis.errors import UserInputError
 
 _T = TypeVar("_T")
 
@@ -227,7 +228,7 @@ class VarConfig:
     def preset(cls, name: str, **overrides: Any) -> VarConfig:
         """The ``paper`` or ``official`` preset, with any field overridden."""
         if name not in VAR_PRESETS:
-            raise ValueError(f"Unknown VAR preset {name!r}; choose from {sorted(VAR_PRESETS)}.")
+            raise UserInputError(f"Unknown VAR preset {name!r}; choose from {sorted(VAR_PRESETS)}.")
         return cls(**{**VAR_PRESETS[name], **overrides})
 
     @property

@@ -48,6 +48,7 @@ from analysis.capture import progress
 from analysis.checks import check_settings
 from analysis.config import CI_LEVEL, MIN_IMAGE_ATTENTION, N_BOOT, RHO, SEED, TAU
 from analysis.datasets import DatasetError, Item, fingerprint
+from analysis.errors import UserInputError
 from analysis.eval.errors import EvalError, RunInterrupted
 from analysis.eval.records import FORMAT_VERSION, POPE_FORMAT_VERSION, ItemRecord, record_key
 from analysis.eval.runfolder import (
@@ -461,7 +462,7 @@ def _conditions(
     ]
     names = [c.name for c in parsed]
     if not parsed or len(set(names)) != len(names):
-        raise ValueError(f"Conditions must be non-empty with unique names, got {names}.")
+        raise UserInputError(f"Conditions must be non-empty with unique names, got {names}.")
     return parsed
 
 

@@ -38,6 +38,7 @@ from analysis.config import (
     TAU,
 )
 from analysis.config import RHO_PRESETS as RHO_PRESETS
+from analysis.errors import UserInputError
 from analysis.interventions.base import PrefillState, SinkTracker
 from analysis.results import ResultMixin, provenance
 from analysis.stats import mean_interval
@@ -57,9 +58,9 @@ def resolve_rho(rho: float | None = None, preset: str | None = None) -> float:
     """rho from a number or a paper preset (general 0.8, hallucination 0.5, vision-centric 0.9)."""
     if preset is not None:
         if preset not in RHO_PRESETS:
-            raise ValueError(f"Unknown preset {preset!r}; choose from {sorted(RHO_PRESETS)}.")
+            raise UserInputError(f"Unknown preset {preset!r}; choose from {sorted(RHO_PRESETS)}.")
         if rho is not None and rho != RHO_PRESETS[preset]:
-            raise ValueError(
+            raise UserInputError(
                 f"Pass either rho or preset, not both (preset {preset} means {RHO_PRESETS[preset]})."
             )
         return RHO_PRESETS[preset]

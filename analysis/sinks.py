@@ -27,6 +27,7 @@ from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
 from analysis.capture import bind, forward
 from analysis.checks import check_settings
 from analysis.config import MIN_LAYER_FRACTION
+from analysis.errors import UserInputError
 from analysis.results import ResultMixin, provenance
 from analysis.sink_math import RMS_EPS, phi
 from analysis.sink_math import sink_mask as sink_mask  # re-exported: the public sink test
@@ -176,7 +177,7 @@ def find_sinks(
     check_settings(tau=tau)
     bad = [d for d in dims if not 0 <= int(d) < model.d_model]
     if not dims or bad:
-        raise ValueError(
+        raise UserInputError(
             f"Sink dims must be non-empty and in [0, {model.d_model}); got {list(dims)}."
         )
     batch, n_pos = inputs.input_ids.shape
@@ -216,7 +217,7 @@ def label_scores(
 ) -> dict[str, float]:
     """Precision, recall and F1 of boolean labels (1.0 when both are empty)."""
     if predicted.shape != truth.shape:
-        raise ValueError(
+        raise UserInputError(
             f"Shape mismatch: predicted {tuple(predicted.shape)} vs truth {tuple(truth.shape)}."
         )
     tp = int((predicted & truth).sum())
@@ -246,7 +247,7 @@ def validate_sinks(
     Returns ``scores[sample][i]`` for the i-th layer of ``layers`` (default 2 .. L-1).
     """
     if len(truth) != len(result.layouts):
-        raise ValueError(
+        raise UserInputError(
             f"Need one truth mask per sample ({len(result.layouts)}), got {len(truth)}."
         )
     chosen = (
@@ -259,7 +260,7 @@ def validate_sinks(
     for index, layout in enumerate(result.layouts):
         positions = layout.geometry.positions
         if truth[index].shape != positions.shape:
-            raise ValueError(
+            raise UserInputError(
                 f"Truth mask of sample {index} has {truth[index].numel()} entries; "
                 f"the sample has {positions.numel()} visual tokens."
             )

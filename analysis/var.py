@@ -28,6 +28,7 @@ from analysis import hooks
 from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook
 from analysis.capture import AttentionMaps, HookFn, attention_maps, forward
 from analysis.config import CONVENTIONS, VAR_PRESETS, VarConfig
+from analysis.errors import UserInputError
 from analysis.interventions.base import PrefillState, SinkTracker
 from analysis.results import ResultMixin
 from analysis.var_math import (
@@ -138,9 +139,9 @@ class VarIntervention:
         self.model = model
         self.config = config or VarConfig()
         if dims is None and sinks is None:
-            raise ValueError("VAR needs sink dims (or explicit sink positions).")
+            raise UserInputError("VAR needs sink dims (or explicit sink positions).")
         if dims is not None and not dims:
-            raise ValueError(
+            raise UserInputError(
                 "VAR needs at least one sink dim: with none it would change nothing. "
                 "Pass dims explicitly or discover them (analysis.dims.sink_dims)."
             )
@@ -152,7 +153,9 @@ class VarIntervention:
         )
         for layer in layers:
             if not 0 <= layer < model.n_layers:
-                raise ValueError(f"VAR layer {layer} out of range (model has {model.n_layers}).")
+                raise UserInputError(
+                    f"VAR layer {layer} out of range (model has {model.n_layers})."
+                )
         self.layers = layers
         self.prefill_len = int(inputs.input_ids.shape[1])
         self.visual = inputs.visual

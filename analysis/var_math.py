@@ -48,6 +48,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from analysis.config import MIN_IMAGE_ATTENTION, RHO, P
+from analysis.errors import UserInputError
 
 __all__ = [
     "OFFICIAL_VISUAL_EPS",
@@ -107,7 +108,7 @@ def _check_pattern_and_masks(
 def _check_fraction(name: str, value: float) -> None:
     # Written so that NaN fails too.
     if not (0.0 <= float(value) <= 1.0):
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+        raise UserInputError(f"{name} must be in [0, 1], got {value}")
 
 
 def _key_sums(
@@ -205,7 +206,7 @@ def to_paper_convention(p: float, rho: float, convention: str) -> tuple[float, f
         return float(p), float(rho)
     if convention == "official":
         return 1.0 - float(p), 1.0 - float(rho)
-    raise ValueError(f"convention must be 'paper' or 'official', got {convention!r}")
+    raise UserInputError(f"convention must be 'paper' or 'official', got {convention!r}")
 
 
 def _select(

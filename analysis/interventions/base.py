@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Bool
 
 from analysis.config import MIN_IMAGE_ATTENTION, RHO, SEED, TAU
-from analysis.errors import VsinkError
+from analysis.errors import UserInputError, VsinkError
 from analysis.sink_math import phi, sink_mask
 
 if TYPE_CHECKING:
@@ -145,9 +145,9 @@ class SinkTracker:
         fixed: Bool[torch.Tensor, "batch pos"] | None = None,
     ) -> None:
         if scope not in SINK_SCOPES:
-            raise ValueError(f"Sink scope must be one of {SINK_SCOPES}, got {scope!r}.")
+            raise UserInputError(f"Sink scope must be one of {SINK_SCOPES}, got {scope!r}.")
         if dims is None and fixed is None:
-            raise ValueError("Sink tracking needs sink dims or explicit sink positions.")
+            raise UserInputError("Sink tracking needs sink dims or explicit sink positions.")
         self.dims = None if dims is None else [int(d) for d in dims]
         self.tau, self.strict, self.scope = float(tau), bool(strict), scope
         self.valid, self.visual = valid.bool(), visual.bool()
