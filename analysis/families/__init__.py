@@ -32,3 +32,6 @@ __all__ = [
     "register",
     "supported_architectures",
 ]
+
+# Family modules register themselves on import.
+from analysis.families import llava_onevision  # noqa: F401
