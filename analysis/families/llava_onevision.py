@@ -257,17 +257,21 @@ class LlavaOnevision(Family):
 TINY_ASPECT_RATIO = "anyres_max_4"
 
 
-def onevision_tokenizer() -> Any:
-    """The word tokenizer with Qwen2's chat specials (no BOS, as Qwen2) plus image/video tokens."""
+def onevision_tokenizer(bos: str | None = None) -> Any:
+    """The word tokenizer with Qwen2's chat specials plus image/video tokens.
+
+    No BOS by default, as Qwen2; the planted model asks for one.
+    """
     from analysis.tiny import word_tokenizer
 
     specials = {
+        **({"bos": bos} if bos else {}),
         "eos": "<|im_end|>",
         "im_start": "<|im_start|>",
         "image_token": "<image>",
         "video_token": "<video>",
     }
-    return word_tokenizer(specials, None)
+    return word_tokenizer(specials, bos)
 
 
 def anyres_grid(hf_inner: Any, side: int, size: tuple[int, int]) -> tuple[int, int]:
