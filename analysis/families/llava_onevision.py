@@ -212,7 +212,7 @@ class LlavaOnevision(Family):
             LlavaOnevisionImageProcessorPil,
         )
 
-        from analysis.tiny import _text_kwargs
+        from analysis.tiny import text_kwargs
 
         tok = onevision_tokenizer()
         s, side = spec.image_size, spec.image_size // spec.patch_size
@@ -220,7 +220,7 @@ class LlavaOnevision(Family):
         pinpoints = [[s, s], [s, 2 * s], [2 * s, s], [2 * s, 2 * s], [s, 3 * s], [3 * s, s]]
         pinpoints.append([3 * s, 3 * s])
         config = LlavaOnevisionConfig(
-            text_config={"model_type": "qwen2", **_text_kwargs(spec, len(tok), tok)},
+            text_config={"model_type": "qwen2", **text_kwargs(spec, len(tok), tok)},
             vision_config={
                 "model_type": "siglip_vision_model",
                 "hidden_size": spec.vision_hidden,
