@@ -318,6 +318,8 @@ class ModelInputs:
         for key, value in self.tensors.items():
             if key in _PER_IMAGE_TENSORS:
                 tensors[key] = value[first : first + n_images]
+            elif key in _PER_SAMPLE_TENSORS:
+                tensors[key] = value[index : index + 1]
             elif value.shape[:2] == self.input_ids.shape:
                 tensors[key] = value[index : index + 1, start:]
             else:
@@ -339,6 +341,8 @@ class ModelInputs:
 
 # Tensors with one entry per image (not per sample): split by image counts.
 _PER_IMAGE_TENSORS = frozenset({"pixel_values", "image_sizes"})
+# Tensors with one entry per sample (LLaVA-OneVision's images per sample).
+_PER_SAMPLE_TENSORS = frozenset({"batch_num_images"})
 
 
 def _shift_geometry(geometry: VisualGeometry, offset: int) -> VisualGeometry:
@@ -366,8 +370,7 @@ def visual_geometry(
     positions = (input_ids == model.image_token_id).nonzero().flatten()
     grids: list[GridSpec] = []
     rows: list[tuple[int, int, int, int, bool]] = []
-    for index, size in enumerate(image_sizes):
-        specs, tokens = model.family.image_tokens(model, index, size)
+    for index, (specs, tokens) in enumerate(model.family.sample_tokens(model, image_sizes)):
         grids += specs
         rows += [(index, tile, r, c, sep) for tile, r, c, sep in tokens]
     if len(rows) != positions.numel():

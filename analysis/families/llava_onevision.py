@@ -24,7 +24,7 @@ import torch
 from transformers import LlavaOnevisionProcessor
 
 from analysis.errors import VsinkError
-from analysis.families.base import Family, UnsupportedConfigError, VisualToken
+from analysis.families.base import Family, UnsupportedConfigError, VisualToken, grid_tokens
 from analysis.families.registry import register
 
 if TYPE_CHECKING:
@@ -98,15 +98,13 @@ def _config_error(message: str) -> UnsupportedConfigError:
 class LlavaOnevision(Family):
     name: ClassVar[str] = "llava_onevision"
     architectures: ClassVar[tuple[str, ...]] = ("LlavaOnevisionForConditionalGeneration",)
-    layout: ClassVar[str] = (
-        "base tile (side x side), then the anyres-max grid unpadded to the image's aspect "
-        "ratio (bilinearly downscaled above anyres_max_N tiles) with an image_newline per row; "
-        "in multi-image samples each image is one square-padded base tile plus one image_newline"
-    )
+    layout: ClassVar[str] = "anyres_max"
     base_llm: ClassVar[str] = "qwen2"
     notes: ClassVar[str] = (
-        "LLaVA-OneVision (SigLIP + Qwen2, anyres_max_9); images only, the video processor "
-        "(torchvision) is not loaded"
+        "LLaVA-OneVision (SigLIP + Qwen2): base tile, then the anyres grid unpadded and "
+        "downscaled above anyres_max_N tiles, image_newline per row; several images per "
+        "sample: one square-padded tile + one image_newline each; images only (no video "
+        "processor, which needs torchvision)"
     )
     # LlavaOnevisionConfig().to_dict() keys beyond the common ones (transformers 5.24);
     # tests/test_family_onevision.py checks the list against the installed class.
@@ -179,9 +177,19 @@ class LlavaOnevision(Family):
 
     # ------------------------------------------------------------------ geometry
 
+    def sample_tokens(
+        self, model: LoadedModel, sizes: list[tuple[int, int]]
+    ) -> list[tuple[list[GridSpec], list[VisualToken]]]:
+        # Only a sample's single image is tiled (the processor's batch_num_images).
+        return [
+            self.image_tokens(model, index, size, n_images=len(sizes))
+            for index, size in enumerate(sizes)
+        ]
+
     def image_tokens(
         self, model: LoadedModel, image_index: int, size: tuple[int, int], n_images: int = 1
     ) -> tuple[list[GridSpec], list[VisualToken]]:
+        """One image's grids and tokens; ``n_images``: how many images its sample holds."""
         from analysis.tokens import GridSpec
 
         vision = model.config.vision_config
@@ -193,15 +201,15 @@ class LlavaOnevision(Family):
             edge = max(height, width)
             x0, y0 = (width - edge) / 2, (height - edge) / 2
             base = GridSpec(image_index, 0, "base", side, side, (x0, y0, x0 + edge, y0 + edge))
-            tokens += [(0, r, c, False) for r in range(side) for c in range(side)]
+            tokens += [(0, r, c, sep) for r, c, sep in grid_tokens(side, side)]
             tokens.append((0, -1, -1, True))  # the one image_newline after the grid
             return [base], tokens
         extent = (0.0, 0.0, float(width), float(height))
         base = GridSpec(image_index, 0, "base", side, side, extent)
         rows, cols = anyres_grid(model.hf_model.model, side, size)
         hires = GridSpec(image_index, 1, "anyres", rows, cols, extent, True)
-        tokens += [(0, r, c, False) for r in range(side) for c in range(side)]
-        tokens += [(1, r, c, c == cols) for r in range(rows) for c in range(cols + 1)]
+        tokens += [(0, r, c, sep) for r, c, sep in grid_tokens(side, side)]
+        tokens += [(1, r, c, sep) for r, c, sep in grid_tokens(rows, cols, separator_col=True)]
         return [base, hires], tokens
 
     # ------------------------------------------------------------------ tests
