@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_image
+from contracts.families import FamilyContract
 from PIL import Image
 from transformers import AutoModelForImageTextToText, LlavaOnevisionConfig
 from transformers.models.llava_onevision.modeling_llava_onevision import (
@@ -22,7 +23,6 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 )
 from typer.testing import CliRunner
 
-from analysis import hooks
 from analysis.ablation import KnockOut
 from analysis.dims import discover_dims
 from analysis.errors import VsinkError
@@ -41,7 +41,7 @@ from analysis.testing.planted import (
     sink_truth,
     zoo_spec,
 )
-from analysis.tiny import build_tiny_model
+from analysis.tiny import TinySpec, build_tiny_model
 from analysis.tokens import ModelInputs, build_batch
 from analysis.var import VarConfig, VarIntervention
 
@@ -118,6 +118,22 @@ def _first_visual_sinks(inputs: ModelInputs, length: int | None = None) -> torch
     return sinks
 
 
+# ----------------------------------------------------------------------------- the contract
+
+
+class TestLlavaOnevision(FamilyContract):
+    """HF parity, edits, geometry == processor counts, KV cache, config keys, padding."""
+
+    family = FAMILY
+    spec = TinySpec()
+    image_sizes = tuple(SIZES)
+    bad_values = (
+        ("vision_feature_select_strategy", "default", "only 'full' is laid out"),
+        ("vision_aspect_ratio", "pad", "not of the form 'anyres_max_N'"),
+        ("image_grid_pinpoints", [[28, 28], [28, 50]], r"\[\[28, 50\]\] are not multiples"),
+    )
+
+
 # ----------------------------------------------------------------------------- config
 
 
@@ -127,34 +143,18 @@ def test_registered_by_architecture():
     assert family.base_llm == "qwen2"
 
 
-def test_config_keys_are_the_hf_config_classes():
-    """The keys it understands are exactly LlavaOnevisionConfig's (beyond the common ones)."""
-    assert get(FAMILY).config_keys == set(LlavaOnevisionConfig().to_dict()) - COMMON_CONFIG_KEYS
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"vision_feature_select_strategy": "default"}, "only 'full' is laid out"),
-        ({"vision_aspect_ratio": "pad"}, "not of the form 'anyres_max_N'"),
-        ({"image_grid_pinpoints": [[28, 28], [28, 50]]}, r"\[\[28, 50\]\] are not multiples"),
-        ({"vision_config": {"model_type": "clip_vision_model"}}, "assumes SigLIP"),
-    ],
-)
-def test_check_config_refuses_what_it_cannot_lay_out(model, change, message):
-    config = LlavaOnevisionConfig.from_dict({**model.config.to_dict(), **change})
-    with pytest.raises(UnsupportedConfigError, match=message) as info:
+def test_a_non_siglip_tower_is_refused(model):
+    config = LlavaOnevisionConfig.from_dict(
+        {**model.config.to_dict(), "vision_config": {"model_type": "clip_vision_model"}}
+    )
+    with pytest.raises(UnsupportedConfigError, match="assumes SigLIP") as info:
         get(FAMILY).check_config(config)
     assert "\n" not in str(info.value)
 
 
-def test_unknown_config_key_is_refused_before_loading(folder, tmp_path):
-    copy = Path(shutil.copytree(folder, tmp_path / "copy"))
-    config = json.loads((copy / "config.json").read_text())
-    (copy / "config.json").write_text(json.dumps({**config, "pooling_mode": "spatial"}))
-    with pytest.raises(UnsupportedConfigError, match=r"llava_onevision: .*\(pooling_mode\)"):
-        load_model(copy, device="cpu")
-    assert load_model(copy, device="cpu", allow_unknown_config=True).family.name == FAMILY
+def test_config_keys_are_the_hf_config_classes():
+    """The keys it understands are exactly LlavaOnevisionConfig's (beyond the common ones)."""
+    assert get(FAMILY).config_keys == set(LlavaOnevisionConfig().to_dict()) - COMMON_CONFIG_KEYS
 
 
 # ----------------------------------------------------------------------------- processor
@@ -251,10 +251,12 @@ def test_multi_image_samples_get_one_padded_tile_and_one_newline(model):
     assert inputs.tensors["batch_num_images"].tolist() == [1, 2]
 
 
-# ----------------------------------------------------------------------------- the contract
+# ----------------------------------------------------------------------------- multi-image batches
+# The contract's batches hold one image per sample; these mix a tiled single image
+# with a two-image sample (square-padded tiles, batch_num_images = [1, 2]).
 
 
-def test_hf_parity(model, folder):
+def test_hf_parity_multi_image(model, folder):
     reference = AutoModelForImageTextToText.from_pretrained(
         folder, attn_implementation="eager", dtype=torch.float32
     ).eval()
@@ -266,28 +268,7 @@ def test_hf_parity(model, folder):
     torch.testing.assert_close(actual[mask], expected[mask], atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("where", ["pattern", "resid"])
-def test_edits_change_logits(model, where):
-    inputs = build_batch(model, [(make_image(30, 60), "is there a red object ?")])
-    layer = model.n_layers - 2
-    if where == "pattern":
-        name = hooks.attn_pattern(layer)
-
-        def edit(pattern, hook):
-            edited = torch.zeros_like(pattern)
-            edited[..., 0] = 1.0
-            return edited
-    else:
-        name = hooks.resid_pre(layer)
-
-        def edit(resid, hook):
-            return resid * 3.0 + 1.0
-
-    delta = _logits(model, inputs, [(name, edit)]) - _logits(model, inputs)
-    assert delta[0, -1].abs().max() > 1e-3
-
-
-def test_batch_with_padding_equals_single(model):
+def test_multi_image_batch_with_padding_equals_single(model):
     inputs = _two(model)
     assert not bool(inputs.tensors["attention_mask"].bool().all()), "the batch must be padded"
     batch = _logits(model, inputs)
@@ -297,7 +278,7 @@ def test_batch_with_padding_equals_single(model):
         torch.testing.assert_close(_logits(model, alone)[0], batch[index, -n:], atol=ATOL, rtol=0)
 
 
-def test_cached_generation_equals_uncached_loop(model):
+def test_multi_image_cached_generation_equals_uncached_loop(model):
     inputs = _two(model)
     _assert_same(_cached(model, inputs), reference_greedy(model, inputs, max_new_tokens=STEPS))
 

@@ -175,6 +175,23 @@ class LlavaOnevision(Family):
         # (batch_num_images), and multi-image samples get a different layout.
         return images
 
+    # ``batch_num_images`` has one entry per sample: not a per-token tensor either.
+    per_image_tensors: ClassVar[frozenset[str]] = frozenset(
+        {"pixel_values", "image_sizes", "batch_num_images"}
+    )
+
+    def select_images(
+        self, tensors: dict[str, torch.Tensor], sample: int, first: int, count: int
+    ) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {
+            key: tensors[key][first : first + count]
+            for key in ("pixel_values", "image_sizes")
+            if key in tensors
+        }
+        if "batch_num_images" in tensors:
+            out["batch_num_images"] = tensors["batch_num_images"][sample : sample + 1]
+        return out
+
     # ------------------------------------------------------------------ geometry
 
     def sample_tokens(
