@@ -188,6 +188,14 @@ class LlavaOnevision(Family):
             for key in ("pixel_values", "image_sizes")
             if key in tensors
         }
+        pixels = out.get("pixel_values")
+        if pixels is not None and pixels.dim() == 5 and bool(pixels.ne(0).any()):
+            # The processor zero-pads every image's tiles to the batch's most; cut back to
+            # these images' most, as if built alone (the model reads only each image's own
+            # tiles, so this changes no number; a normalised real tile is never all zeros
+            # in practice, and if it were the model's reshape would fail, not go wrong).
+            used = pixels.flatten(2).ne(0).any(-1).any(0)
+            out["pixel_values"] = pixels[:, : int(used.nonzero().max()) + 1]
         if "batch_num_images" in tensors:
             out["batch_num_images"] = tensors["batch_num_images"][sample : sample + 1]
         return out
