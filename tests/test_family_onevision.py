@@ -171,6 +171,20 @@ def test_processor_is_image_only_and_saves_as_hf(model, folder):
     assert saved["num_image_tokens"] == 16
 
 
+def test_a_checkpoint_with_a_video_processor_loads_without_it(folder, tmp_path):
+    """HF's own folders name a video processor (it needs torchvision): it is never built."""
+    copy = Path(shutil.copytree(folder, tmp_path / "copy"))
+    video = {"video_processor_type": "LlavaOnevisionVideoProcessor", "size": {"height": 28}}
+    settings = json.loads((copy / "processor_config.json").read_text())
+    (copy / "processor_config.json").write_text(json.dumps({**settings, "video_processor": video}))
+    (copy / "video_preprocessor_config.json").write_text(json.dumps(video))
+    loaded = load_model(copy, device="cpu")
+    assert isinstance(loaded.processor, ImageOnlyOnevisionProcessor)
+    assert not hasattr(loaded.processor, "video_processor")
+    inputs = build_batch(loaded, [(make_image(30, 60), "describe")])
+    assert inputs.layouts[0].geometry.n_visual == 16 + 6 * 13
+
+
 @pytest.mark.parametrize(
     ("remove", "message"),
     [
