@@ -144,10 +144,20 @@ class LlavaOnevision(Family):
         size, patch = int(vision.image_size), int(vision.patch_size)
         if size % patch:
             raise _config_error(f"image_size {size} is not a multiple of patch_size {patch}.")
-        bad = [p for p in config.image_grid_pinpoints if p[0] % size or p[1] % size]
+        pinpoints = getattr(config, "image_grid_pinpoints", None)
+        if not pinpoints:
+            raise _config_error("the config has no image_grid_pinpoints; anyres needs them.")
+        bad = [
+            p
+            for p in pinpoints
+            if not isinstance(p, list | tuple)
+            or len(p) != 2
+            or any(not isinstance(v, int) or v <= 0 or v % size for v in p)
+        ]
         if bad:
             raise _config_error(
-                f"image_grid_pinpoints {bad} are not multiples of the tile size {size}."
+                f"image_grid_pinpoints {bad} are not (height, width) pairs of positive "
+                f"multiples of the tile size {size}."
             )
 
     # ------------------------------------------------------------------ processor
