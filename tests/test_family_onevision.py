@@ -130,7 +130,11 @@ class TestLlavaOnevision(FamilyContract):
     bad_values = (
         ("vision_feature_select_strategy", "default", "only 'full' is laid out"),
         ("vision_aspect_ratio", "pad", "not of the form 'anyres_max_N'"),
-        ("image_grid_pinpoints", [[28, 28], [28, 50]], r"\[\[28, 50\]\] are not .* multiples of the tile size 28"),
+        (
+            "image_grid_pinpoints",
+            [[28, 28], [28, 50]],
+            r"\[\[28, 50\]\] are not .* multiples of the tile size 28",
+        ),
         ("image_grid_pinpoints", [[28, 28], [56]], r"\[\[56\]\] are not \(height, width\)"),
         ("image_grid_pinpoints", [], "no image_grid_pinpoints"),
     )
