@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_image
-from contracts.families import FamilyContract
+from contracts.families import PARITY_ATOL, STEPS, FamilyContract, assert_same, logits
+from contracts.families import cached as cached_run
 from PIL import Image
 from transformers import AutoModelForImageTextToText, LlavaOnevisionConfig
 from transformers.models.llava_onevision.modeling_llava_onevision import (
@@ -28,7 +29,7 @@ from analysis.dims import discover_dims
 from analysis.errors import VsinkError
 from analysis.families import COMMON_CONFIG_KEYS, UnsupportedConfigError, for_architecture, get
 from analysis.families.llava_onevision import ImageOnlyOnevisionProcessor, ProcessorFolderError
-from analysis.generation import generate, reference_greedy
+from analysis.generation import reference_greedy
 from analysis.heads import score_heads
 from analysis.loading import LoadedModel, load_model
 from analysis.sinks import find_sinks, label_scores
@@ -46,8 +47,6 @@ from analysis.tokens import ModelInputs, build_batch
 from analysis.var import VarConfig, VarIntervention
 
 FAMILY = "llava_onevision"
-ATOL = 1e-5
-STEPS = 4
 # (height, width): square, 2:1, 1:2, 3:1, 1:3, off-grid, and two large enough for the
 # 3x3 pinpoint, whose 12x12 grid exceeds the tiny model's anyres_max_4 and is downscaled.
 SIZES = [(28, 28), (30, 60), (60, 30), (28, 84), (90, 30), (33, 77), (100, 100), (200, 190)]
@@ -78,34 +77,6 @@ def _two(model: LoadedModel) -> ModelInputs:
             ([make_image(60, 20, seed=2), make_image(40, 40, seed=3)], "describe"),
         ],
     )
-
-
-def _logits(model: LoadedModel, inputs: ModelInputs, fwd_hooks=()) -> torch.Tensor:
-    with torch.no_grad():
-        return model.bridge.run_with_hooks(
-            inputs.input_ids,
-            return_type="logits",
-            fwd_hooks=list(fwd_hooks),
-            **inputs.forward_kwargs(),
-        )
-
-
-def _cached(model, inputs, fwd_hooks=()):
-    return generate(
-        model,
-        inputs,
-        max_new_tokens=STEPS,
-        fwd_hooks=fwd_hooks,
-        stop_at_eos=False,
-        keep_logits=True,
-    )
-
-
-def _assert_same(cached, reference) -> None:
-    assert cached.tokens == reference.tokens
-    assert len(cached.step_logits) == len(reference.step_logits) == STEPS
-    for a, b in zip(cached.step_logits, reference.step_logits, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 
 def _first_visual_sinks(inputs: ModelInputs, length: int | None = None) -> torch.Tensor:
@@ -246,7 +217,7 @@ def test_geometry_equals_the_processors_counts(model, size):
     # The model itself refuses features that do not match the placeholders.
     inputs = build_batch(model, [(image, "what color is the object ?")])
     assert inputs.layouts[0].geometry.n_visual == n_processor
-    _logits(model, inputs)
+    logits(model, inputs)
 
 
 def test_downscaled_grid_matches_hf_interpolation(model):
@@ -283,24 +254,26 @@ def test_hf_parity_multi_image(model, folder):
     inputs = _two(model)
     with torch.no_grad():
         expected = reference(**inputs.tensors).logits
-    actual = _logits(model, inputs)
+    actual = logits(model, inputs)
     mask = inputs.tensors["attention_mask"].bool()
-    torch.testing.assert_close(actual[mask], expected[mask], atol=ATOL, rtol=0)
+    torch.testing.assert_close(actual[mask], expected[mask], atol=PARITY_ATOL, rtol=0)
 
 
 def test_multi_image_batch_with_padding_equals_single(model):
     inputs = _two(model)
     assert not bool(inputs.tensors["attention_mask"].bool().all()), "the batch must be padded"
-    batch = _logits(model, inputs)
+    batch = logits(model, inputs)
     for index in range(inputs.batch_size):
         alone = inputs.select(index)
         n = alone.input_ids.shape[1]
-        torch.testing.assert_close(_logits(model, alone)[0], batch[index, -n:], atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            logits(model, alone)[0], batch[index, -n:], atol=PARITY_ATOL, rtol=0
+        )
 
 
 def test_multi_image_cached_generation_equals_uncached_loop(model):
     inputs = _two(model)
-    _assert_same(_cached(model, inputs), reference_greedy(model, inputs, max_new_tokens=STEPS))
+    assert_same(cached_run(model, inputs), reference_greedy(model, inputs, max_new_tokens=STEPS))
 
 
 def test_var_in_forward_and_generation(model):
@@ -309,37 +282,37 @@ def test_var_in_forward_and_generation(model):
     var = VarIntervention(
         model, inputs, dims=None, sinks=_first_visual_sinks(inputs), config=config
     )
-    moved = _logits(model, inputs, var.fwd_hooks()) - _logits(model, inputs)
+    moved = logits(model, inputs, var.fwd_hooks()) - logits(model, inputs)
     assert moved[inputs.stack("attention_mask")].abs().max() > 1e-3
 
     var = VarIntervention(
         model, inputs, dims=None, sinks=_first_visual_sinks(inputs), config=config
     )
-    cached = _cached(model, inputs, var.fwd_hooks())
+    run = cached_run(model, inputs, var.fwd_hooks())
     assert sum(var.record().decode_changed) > 0, "VAR must act on the decoding rows"
 
     def make(ext: ModelInputs):
         sinks = _first_visual_sinks(inputs, ext.input_ids.shape[1])
         return VarIntervention(model, ext, dims=None, sinks=sinks, config=config).fwd_hooks()
 
-    _assert_same(cached, reference_greedy(model, inputs, max_new_tokens=STEPS, make_hooks=make))
+    assert_same(run, reference_greedy(model, inputs, max_new_tokens=STEPS, make_hooks=make))
 
 
 @pytest.mark.parametrize("mode", ["pre", "post"])
 def test_knockout_in_forward_and_generation(model, mode):
     inputs = _two(model)
     knock = KnockOut(model, inputs, target="visual", mode=mode)
-    moved = _logits(model, inputs, knock.fwd_hooks()) - _logits(model, inputs)
+    moved = logits(model, inputs, knock.fwd_hooks()) - logits(model, inputs)
     assert moved[inputs.stack("attention_mask")].abs().max() > 1e-3
     knock = KnockOut(model, inputs, target="visual", mode=mode)
-    cached = _cached(model, inputs, knock.fwd_hooks())
+    run = cached_run(model, inputs, knock.fwd_hooks())
     reference = reference_greedy(
         model,
         inputs,
         max_new_tokens=STEPS,
         make_hooks=lambda ext: KnockOut(model, ext, target="visual", mode=mode).fwd_hooks(),
     )
-    _assert_same(cached, reference)
+    assert_same(run, reference)
 
 
 def test_vsink_info(folder):
