@@ -19,7 +19,10 @@ from tqdm.auto import tqdm
 
 from analysis import hooks
 from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
+from analysis.config import TAU
+from analysis.interventions.base import SinkTracker
 from analysis.results import ResultMixin, provenance
+from analysis.sink_math import phi
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
@@ -246,7 +249,7 @@ def attention_maps(
     views: Sequence[tuple[int, int | None]],
     queries: Sequence[int] = (-1,),
     dims: Sequence[int] | None = None,
-    tau: float = 20.0,
+    tau: float = TAU,
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
 ) -> AttentionMaps:
     """Attention maps over the image of chosen text queries, for (layer, head) views.
@@ -255,8 +258,6 @@ def attention_maps(
     last prompt token). ``fwd_hooks`` run first, so the maps show attention
     under an intervention (a knock-out, VAR) when given one.
     """
-    from analysis.sinks import phi  # sinks imports this module
-
     views = [(int(layer), None if head is None else int(head)) for layer, head in views]
     for layer, head in views:
         if not 0 <= layer < model.n_layers:
@@ -274,10 +275,19 @@ def attention_maps(
     layer_sinks: dict[int, torch.Tensor] = {}
     rows = torch.arange(batch)
     wanted = rows_selector(torch.unique(query_index), inputs.input_ids.shape[1])
+    # The maps flag visual sinks only (a text sink is not on the image).
+    tracker = SinkTracker(
+        dims=dims or (),
+        tau=tau,
+        scope="visual",
+        valid=inputs.stack("attention_mask"),
+        visual=inputs.visual,
+    )
 
     def on_resid(resid: torch.Tensor, hook: Any, layer: int) -> None:
-        flags = phi(resid, dims or ()).cpu() >= tau
-        layer_sinks[layer] = flags[rows[:, None], vis_index] & vis_real
+        flags = tracker.observe(layer, resid)
+        if flags is not None:
+            layer_sinks[layer] = flags.cpu()[rows[:, None], vis_index] & vis_real
 
     def on_pattern(pattern: torch.Tensor, hook: Any, layer: int) -> None:
         # Gather only the chosen query rows and visual key columns: [batch, head, query, vis].
@@ -379,7 +389,7 @@ def token_states(
     *,
     layer: int,
     dims: Sequence[int],
-    tau: float = 20.0,
+    tau: float = TAU,
     sample: int = 0,
     positions: dict[str, int] | None = None,
 ) -> TokenStates:
@@ -389,8 +399,6 @@ def token_states(
     is the visual token with the median phi among non-sinks. ``positions``
     (label -> absolute position) replaces the automatic choice.
     """
-    from analysis.sinks import phi
-
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"Layer {layer} out of range (model has {model.n_layers}).")
     layout = inputs.layouts[sample]
@@ -481,12 +489,10 @@ def attention_received(
     inputs: ModelInputs,
     *,
     dims: Sequence[int],
-    tau: float = 20.0,
+    tau: float = TAU,
     layers: Sequence[int] | None = None,
 ) -> ReceivedAttention:
     """phi and the attention each token receives from the text queries after the image."""
-    from analysis.sinks import phi
-
     chosen = list(range(model.n_layers)) if layers is None else [int(x) for x in layers]
     batch, n_pos = inputs.input_ids.shape
     phis = torch.zeros(batch, len(chosen), n_pos)

@@ -20,38 +20,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from einops import reduce
 from jaxtyping import Bool, Float
 
 from analysis import config, hooks
 from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
 from analysis.capture import bind, forward
 from analysis.checks import check_settings
+from analysis.config import MIN_LAYER_FRACTION
 from analysis.results import ResultMixin, provenance
+from analysis.sink_math import RMS_EPS, phi
+from analysis.sink_math import sink_mask as sink_mask  # re-exported: the public sink test
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
     from analysis.tokens import ModelInputs, TokenLayout
 
 DEFAULT_TAU = config.TAU
-RMS_EPS = 1e-6
-
-
-def phi(
-    resid: Float[torch.Tensor, "*batch d_model"], dims: Sequence[int], eps: float = RMS_EPS
-) -> Float[torch.Tensor, "*batch"]:
-    """The paper's sink score, computed in float32 whatever the input dtype."""
-    x = resid.float()
-    rms = torch.sqrt(reduce(x.square(), "... d_model -> ...", "mean") + eps)
-    index = torch.as_tensor(list(dims), device=x.device, dtype=torch.long)
-    return (x.index_select(-1, index).abs() / rms[..., None]).amax(-1)
-
-
-def sink_mask(
-    phi_values: Float[torch.Tensor, "*batch"], tau: float, *, strict: bool = False
-) -> Bool[torch.Tensor, "*batch"]:
-    """Sink tokens: ``phi >= tau`` (the paper), or ``phi > tau`` with ``strict`` (its code)."""
-    return phi_values > tau if strict else phi_values >= tau
 
 
 @dataclass
@@ -102,7 +86,7 @@ class SinkResult(ResultMixin):
         ]
 
     def consensus(
-        self, layers: Sequence[int] | None = None, min_fraction: float = 0.5
+        self, layers: Sequence[int] | None = None, min_fraction: float = MIN_LAYER_FRACTION
     ) -> Bool[torch.Tensor, "batch pos"]:
         """Tokens that are sinks in at least ``min_fraction`` of ``layers`` (default 2 .. L-1)."""
         chosen = (

@@ -17,8 +17,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# Grid keys: the var condition's option names (see analysis.evaluation.parse_conditions).
-GRID_KEYS = ("p", "rho", "s", "tau")
+from analysis.interventions.var import VAR_KEYS
+
+# Grid keys: the var condition's numeric option names (analysis.interventions.var).
+GRID_KEYS = tuple(VAR_KEYS)
 MAX_POINTS = 200
 
 

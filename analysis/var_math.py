@@ -47,6 +47,8 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float
 
+from analysis.config import MIN_IMAGE_ATTENTION, RHO, P
+
 __all__ = [
     "OFFICIAL_VISUAL_EPS",
     "image_attention_stats",
@@ -283,8 +285,8 @@ def redistribution_rows(
     visual: Bool[torch.Tensor, "batch key"],
     sinks: Bool[torch.Tensor, "batch key"],
     queries: Bool[torch.Tensor, "batch query"],
-    rho: float = 0.5,
-    min_image_attention: float = 0.2,
+    rho: float = RHO,
+    min_image_attention: float = MIN_IMAGE_ATTENTION,
 ) -> Bool[torch.Tensor, "batch head query"]:
     """Rows ``(batch, head, query)`` that VAR redistributes (paper convention).
 
@@ -320,9 +322,9 @@ def redistribute_attention_with_stats(
     visual: Bool[torch.Tensor, "batch key"],
     sinks: Bool[torch.Tensor, "batch key"],
     queries: Bool[torch.Tensor, "batch query"],
-    p: float = 0.6,
-    rho: float = 0.5,
-    min_image_attention: float = 0.2,
+    p: float = P,
+    rho: float = RHO,
+    min_image_attention: float = MIN_IMAGE_ATTENTION,
     convention: Convention = "paper",
 ) -> tuple[
     Float[torch.Tensor, "batch head query key"],
@@ -443,9 +445,9 @@ def redistribute_attention(
     visual: Bool[torch.Tensor, "batch key"],
     sinks: Bool[torch.Tensor, "batch key"],
     queries: Bool[torch.Tensor, "batch query"],
-    p: float = 0.6,
-    rho: float = 0.5,
-    min_image_attention: float = 0.2,
+    p: float = P,
+    rho: float = RHO,
+    min_image_attention: float = MIN_IMAGE_ATTENTION,
     convention: Convention = "paper",
 ) -> Float[torch.Tensor, "batch head query key"]:
     """VAR on one layer's pattern; see :func:`redistribute_attention_with_stats`."""
