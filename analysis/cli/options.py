@@ -72,6 +72,18 @@ HfOpt = Annotated[
     Path | None,
     typer.Option("--hf", help="A local HF dataset / Parquet folder (lmms-eval's layout)."),
 ]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="A dataset file or folder of any registered format, chosen by its suffix and "
+        "--benchmark (or named with --format).",
+    ),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", help="The dataset reader of --data (default: by its suffix)."),
+]
 AnswerFileOpt = Annotated[
     Path | None,
     typer.Option(help="VQA/GQA: JSONL of question_id + answers (the human answers)."),
