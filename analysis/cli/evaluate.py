@@ -20,6 +20,7 @@ from analysis.cli.inputs import (
 )
 from analysis.cli.options import (
     ANSWERS,
+    AllowUnknownConfigOpt,
     AnswerFileOpt,
     BatchOpt,
     BenchmarkOpt,
@@ -73,6 +74,7 @@ def run_evaluation(
     max_length: int | None = None,
     force: bool = False,
     bench: dict[str, Any] | None = None,
+    allow_unknown_config: bool = False,
     **options: Any,
 ) -> tuple[Any, Any]:
     """Check every setting, read the dataset (every image decoded) and lock the run folder,
@@ -104,7 +106,14 @@ def run_evaluation(
     locked = exclusive_lock(run / LOCK, force=force) if shard_from_env().is_main else None
     with locked or contextlib.nullcontext():
         shard = init_distributed()
-        loaded = cli.load(model, rank_device(device, shard), dtype, device_map, max_length)
+        loaded = cli.load(
+            model,
+            rank_device(device, shard),
+            dtype,
+            device_map,
+            max_length,
+            allow_unknown_config=allow_unknown_config,
+        )
         return shard, evaluate(loaded, items, dataset=source, force=force, shard=shard, **options)
 
 
@@ -158,6 +167,7 @@ def eval_(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     force: ForceOpt = False,
@@ -180,6 +190,7 @@ def eval_(
         device_map=device_map,
         max_length=max_length,
         force=force,
+        allow_unknown_config=allow_unknown_config,
         bench={
             "benchmark": benchmark,
             "tsv": tsv,
@@ -250,6 +261,7 @@ def sweep(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     force: ForceOpt = False,
@@ -275,6 +287,7 @@ def sweep(
         device_map=device_map,
         max_length=max_length,
         force=force,
+        allow_unknown_config=allow_unknown_config,
         bench={
             "benchmark": benchmark,
             "tsv": tsv,

@@ -33,8 +33,13 @@ def load(
     dtype: str | None,
     device_map: str | None = None,
     max_length: int | None = None,
+    *,
+    allow_unknown_config: bool = False,
 ) -> Any:
     """Load MODEL (the demo model when None) with a status line.
+
+    ``allow_unknown_config`` (``--allow-unknown-config``) lets a config with keys the
+    family does not list load; without it such a config is refused in one line.
 
     Commands call it as ``analysis.cli.load`` (looked up per call), so a caller
     can replace the loader once for every command, as the tests do.
@@ -44,7 +49,13 @@ def load(
 
     path = resolve_model_path(model)
     with console.status(f"loading {escape(path)}"):
-        loaded = load_model(path, device=device, dtype=dtype, device_map=device_map)
+        loaded = load_model(
+            path,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            allow_unknown_config=allow_unknown_config,
+        )
     if max_length is not None:
         loaded.extra[MAX_LENGTH_KEY] = max_length
     return loaded

@@ -36,6 +36,15 @@ DeviceMapOpt = Annotated[
     ),
 ]
 
+AllowUnknownConfigOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unknown-config",
+        help="Load a config with top-level keys the model's family does not list (they may "
+        "change the visual-token layout); the family's value checks still run.",
+    ),
+]
+
 
 ImagesOpt = Annotated[
     list[Path] | None,
