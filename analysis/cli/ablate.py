@@ -21,6 +21,7 @@ from analysis.cli.inputs import (
 from analysis.cli.options import (
     ANSWERS,
     QUESTION_PROMPT,
+    AllowUnknownConfigOpt,
     BatchOpt,
     BootOpt,
     DeviceMapOpt,
@@ -85,6 +86,7 @@ def ablate(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = None,
@@ -136,13 +138,21 @@ def ablate(
             max_length=max_length,
             force=force,
             json_out=json_out,
+            allow_unknown_config=allow_unknown_config,
         )
         return
     if images is not None:
         raise ValueError("--images is for dataset mode (with --questions); use --image.")
     parse_dims(positions)
     path = single_image(image, model)
-    loaded = cli.load(model, device, dtype, device_map, max_length=max_length)
+    loaded = cli.load(
+        model,
+        device,
+        dtype,
+        device_map,
+        max_length=max_length,
+        allow_unknown_config=allow_unknown_config,
+    )
     inputs = calibration(loaded, [path], prompt)[0]
     chosen_targets = target or ["sinks", "random"]
     needs_dims = any(t in ("sinks", "random", "nonsink") for t in chosen_targets)
@@ -202,6 +212,7 @@ def _ablate_dataset(
     max_length: int | None,
     force: bool,
     json_out: Path | None,
+    allow_unknown_config: bool,
 ) -> None:
     """``vsink ablate --questions``: baseline + knock-outs on the evaluation runner."""
     from analysis.cli.evaluate import run_evaluation
@@ -227,6 +238,7 @@ def _ablate_dataset(
         device_map=device_map,
         max_length=max_length,
         force=force,
+        allow_unknown_config=allow_unknown_config,
         out=run,
         conditions=specs,
         answers=split_answers(answers),

@@ -20,15 +20,18 @@ from analysis.cli.inputs import (
 )
 from analysis.cli.options import (
     ANSWERS,
+    AllowUnknownConfigOpt,
     AnswerFileOpt,
     BatchOpt,
     BenchmarkOpt,
     BootOpt,
+    DataOpt,
     DeviceMapOpt,
     DeviceOpt,
     DimsOpt,
     DtypeOpt,
     ForceOpt,
+    FormatOpt,
     HfOpt,
     ImageRootOpt,
     JsonOpt,
@@ -71,6 +74,7 @@ def run_evaluation(
     max_length: int | None = None,
     force: bool = False,
     bench: dict[str, Any] | None = None,
+    allow_unknown_config: bool = False,
     **options: Any,
 ) -> tuple[Any, Any]:
     """Check every setting, read the dataset (every image decoded) and lock the run folder,
@@ -102,7 +106,14 @@ def run_evaluation(
     locked = exclusive_lock(run / LOCK, force=force) if shard_from_env().is_main else None
     with locked or contextlib.nullcontext():
         shard = init_distributed()
-        loaded = cli.load(model, rank_device(device, shard), dtype, device_map, max_length)
+        loaded = cli.load(
+            model,
+            rank_device(device, shard),
+            dtype,
+            device_map,
+            max_length,
+            allow_unknown_config=allow_unknown_config,
+        )
         return shard, evaluate(loaded, items, dataset=source, force=force, shard=shard, **options)
 
 
@@ -126,6 +137,8 @@ def eval_(
     benchmark: BenchmarkOpt = None,
     tsv: TsvOpt = None,
     hf: HfOpt = None,
+    data: DataOpt = None,
+    format_: FormatOpt = None,
     answer_file: AnswerFileOpt = None,
     limit: LimitOpt = None,
     batch_size: BatchOpt = BATCH_SIZE,
@@ -154,6 +167,7 @@ def eval_(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     force: ForceOpt = False,
@@ -176,7 +190,15 @@ def eval_(
         device_map=device_map,
         max_length=max_length,
         force=force,
-        bench={"benchmark": benchmark, "tsv": tsv, "hf": hf, "answer_file": answer_file},
+        allow_unknown_config=allow_unknown_config,
+        bench={
+            "benchmark": benchmark,
+            "tsv": tsv,
+            "hf": hf,
+            "data": data,
+            "format": format_,
+            "answer_file": answer_file,
+        },
         out=out,
         conditions=conditions,
         answers=split_answers(answers),
@@ -218,6 +240,8 @@ def sweep(
     benchmark: BenchmarkOpt = None,
     tsv: TsvOpt = None,
     hf: HfOpt = None,
+    data: DataOpt = None,
+    format_: FormatOpt = None,
     answer_file: AnswerFileOpt = None,
     metric: Annotated[
         str | None,
@@ -237,6 +261,7 @@ def sweep(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     force: ForceOpt = False,
@@ -262,7 +287,15 @@ def sweep(
         device_map=device_map,
         max_length=max_length,
         force=force,
-        bench={"benchmark": benchmark, "tsv": tsv, "hf": hf, "answer_file": answer_file},
+        allow_unknown_config=allow_unknown_config,
+        bench={
+            "benchmark": benchmark,
+            "tsv": tsv,
+            "hf": hf,
+            "data": data,
+            "format": format_,
+            "answer_file": answer_file,
+        },
         out=out,
         conditions=specs,
         max_new_tokens=max_new_tokens,

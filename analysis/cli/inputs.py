@@ -33,8 +33,13 @@ def load(
     dtype: str | None,
     device_map: str | None = None,
     max_length: int | None = None,
+    *,
+    allow_unknown_config: bool = False,
 ) -> Any:
     """Load MODEL (the demo model when None) with a status line.
+
+    ``allow_unknown_config`` (``--allow-unknown-config``) lets a config with keys the
+    family does not list load; without it such a config is refused in one line.
 
     Commands call it as ``analysis.cli.load`` (looked up per call), so a caller
     can replace the loader once for every command, as the tests do.
@@ -44,7 +49,13 @@ def load(
 
     path = resolve_model_path(model)
     with console.status(f"loading {escape(path)}"):
-        loaded = load_model(path, device=device, dtype=dtype, device_map=device_map)
+        loaded = load_model(
+            path,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            allow_unknown_config=allow_unknown_config,
+        )
     if max_length is not None:
         loaded.extra[MAX_LENGTH_KEY] = max_length
     return loaded
@@ -124,37 +135,37 @@ def bench_items(
     hf: Path | None,
     answer_file: Path | None,
     decode_dir: Path,
+    data: Path | None = None,
+    format: str | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """Benchmark items from one source: --tsv, --hf, or --questions (+ --answer-file)."""
-    from analysis.scoring.readers import (
-        BENCHMARKS,
-        read_hf_folder,
-        read_llava_questions,
-        read_vlmeval_tsv,
-    )
+    """Benchmark items from one source: --tsv, --hf, --questions (+ --answer-file) or --data.
+
+    The reader comes from the registry (:func:`analysis.scoring.readers.read_dataset`),
+    which checks the benchmark and the other options against what the reader uses.
+    """
+    from analysis.scoring.readers import BENCHMARKS, read_dataset
 
     if benchmark not in BENCHMARKS:
         raise ValueError(f"--benchmark must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}.")
-    given = [name for name, v in (("--tsv", tsv), ("--hf", hf), ("--questions", questions)) if v]
+    if format is not None and data is None:
+        raise ValueError("--format names the reader of --data; pass --data.")
+    # Each source option names its reader (--data: --format, else its suffix).
+    sources = (("tsv", tsv), ("hf", hf), ("llava", questions), (format, data))
+    given = [(fmt, path) for fmt, path in sources if path is not None]
     if len(given) != 1:
-        raise ValueError("--benchmark needs exactly one of --tsv, --hf or --questions.")
-    source: dict[str, Any] = {"format": given[0].removeprefix("--"), "benchmark": benchmark}
-    if tsv is not None:
-        items = read_vlmeval_tsv(tsv, benchmark=benchmark, decode_dir=decode_dir, image_root=images)
-        return items, source | {"tsv": str(tsv), "images": None if images is None else str(images)}
-    if hf is not None:
-        return read_hf_folder(hf, benchmark=benchmark, decode_dir=decode_dir), source | {
-            "hf": str(hf)
-        }
-    if images is None:
+        raise ValueError("--benchmark needs exactly one of --tsv, --hf, --questions or --data.")
+    fmt, source = given[0]
+    if questions is not None and images is None:
         raise ValueError("--images (the image folder) is required with --questions.")
-    assert questions is not None
-    items = read_llava_questions(questions, images, benchmark=benchmark, answers=answer_file)
-    return items, source | {
-        "questions": str(questions),
-        "images": str(images),
-        "answer_file": None if answer_file is None else str(answer_file),
-    }
+    dataset = read_dataset(
+        source,
+        format=fmt,
+        benchmark=benchmark,
+        images=images,
+        decode_dir=decode_dir,
+        answers=answer_file,
+    )
+    return list(dataset.items), dataset.describe()
 
 
 def dataset_items(
@@ -166,17 +177,33 @@ def dataset_items(
 ) -> tuple[list[Any], dict[str, Any]]:
     """Items from --questions + --images, or an image folder + --prompt; the demo set by default.
 
-    With ``bench`` (``benchmark``, ``tsv``, ``hf``, ``answer_file``, ``decode_dir``) the
-    benchmark's reader is used instead.
+    With ``bench`` (``benchmark``, ``tsv``, ``hf``, ``data``, ``format``, ``answer_file``,
+    ``decode_dir``) a benchmark's reader, or the reader of ``--data``, is used instead.
+    Every source is read through :func:`analysis.scoring.readers.read_dataset`.
     """
-    from analysis.datasets import image_folder, read_pope
+    from analysis.scoring.readers import read_dataset
 
-    if bench is not None and bench.get("benchmark") is not None:
+    bench = bench or {}
+    if bench.get("benchmark") is not None:
         if prompt is not None:
             raise ValueError("--prompt is for image folders; benchmark files carry their text.")
         return bench_items(questions=questions, images=images, **bench)
-    if bench is not None and any(bench.get(k) for k in ("tsv", "hf", "answer_file")):
+    if any(bench.get(k) is not None for k in ("tsv", "hf", "answer_file")):
         raise ValueError("--tsv, --hf and --answer-file need --benchmark.")
+    if bench.get("data") is not None:
+        if questions is not None:
+            raise ValueError("Pass either --data or --questions, not both.")
+        # decode_dir is offered, not imposed: a reader that stores no images ignores it.
+        dataset = read_dataset(
+            bench["data"],
+            format=bench.get("format"),
+            images=images,
+            prompt=prompt,
+            decode_dir=bench.get("decode_dir"),
+        )
+        return list(dataset.items), dataset.describe()
+    if bench.get("format") is not None:
+        raise ValueError("--format names the reader of --data; pass --data.")
     if questions is None and images is None:
         if model is not None:
             raise ValueError("--questions and --images are required with a MODEL.")
@@ -186,15 +213,12 @@ def dataset_items(
     if questions is not None:
         if prompt is not None:
             raise ValueError("--prompt is for image folders; --questions carry their own text.")
-        items = read_pope(questions, images)
-        return items, {"format": "pope", "questions": str(questions), "images": str(images)}
-    if prompt is None:
-        raise ValueError("An image folder needs --prompt (or pass --questions).")
-    return image_folder(images, prompt), {
-        "format": "folder",
-        "images": str(images),
-        "prompt": prompt,
-    }
+        dataset = read_dataset(questions, format="pope", images=images)
+    else:
+        if prompt is None:
+            raise ValueError("An image folder needs --prompt (or pass --questions).")
+        dataset = read_dataset(images, format="folder", prompt=prompt)
+    return list(dataset.items), dataset.describe()
 
 
 def split_answers(answers: str) -> list[str]:

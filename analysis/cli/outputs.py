@@ -24,6 +24,7 @@ from analysis.cli.options import (
     ANSWERS,
     DESCRIBE_PROMPT,
     QUESTION_PROMPT,
+    AllowUnknownConfigOpt,
     DeviceMapOpt,
     DeviceOpt,
     DimsOpt,
@@ -75,6 +76,7 @@ def figures(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Reproduce every paper figure: PNG + interactive HTML + the JSON each was drawn from."""
@@ -93,7 +95,14 @@ def figures(
     paths = image_paths(images, model)
     if focus >= len(paths):
         raise ValueError(f"--focus {focus}: there are {len(paths)} images (0..{len(paths) - 1}).")
-    loaded = cli.load(model, device, dtype, device_map, max_length=max_length)
+    loaded = cli.load(
+        model,
+        device,
+        dtype,
+        device_map,
+        max_length=max_length,
+        allow_unknown_config=allow_unknown_config,
+    )
     # Recorded in the folder's README; run as a console script, argv is the exact command.
     called = Path(sys.argv[0]).name == "vsink"
     command = shlex.join(["vsink", *sys.argv[1:]]) if called else f"vsink figures --out {out}"
@@ -144,6 +153,7 @@ def report(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """One self-contained HTML page (works offline): sinks, heads, ablation and VAR for IMAGE."""
@@ -156,7 +166,14 @@ def report(
     parse_dims(dims)
     check_outputs(out=out)
     path = single_image(image, model)
-    loaded = cli.load(model, device, dtype, device_map, max_length=max_length)
+    loaded = cli.load(
+        model,
+        device,
+        dtype,
+        device_map,
+        max_length=max_length,
+        allow_unknown_config=allow_unknown_config,
+    )
     written = make_report(
         loaded,
         path,
