@@ -41,10 +41,12 @@ from analysis.cli.root import app, friendly
 from analysis.cli.tables import _ci, console, print_wide, write_json
 from analysis.config import (
     BATCH_SIZE,
+    DRAWS,
     N_BOOT,
     SEED,
     TAU,
 )
+from analysis.errors import UserInputError
 
 
 @app.command()
@@ -58,7 +60,7 @@ def ablate(
         typer.Option(help="sinks, random, nonsink, visual or positions (repeatable)."),
     ] = None,
     answers: Annotated[str, typer.Option(help="Comma-separated candidate answers.")] = ANSWERS,
-    draws: Annotated[int, typer.Option(help="Random draws for target=random.")] = 5,
+    draws: Annotated[int, typer.Option(help="Random draws for target=random.")] = DRAWS,
     mode: Annotated[
         str, typer.Option(help="pre (renormalise) or post (zero, no renormalise).")
     ] = "pre",
@@ -142,7 +144,7 @@ def ablate(
         )
         return
     if images is not None:
-        raise ValueError("--images is for dataset mode (with --questions); use --image.")
+        raise UserInputError("--images is for dataset mode (with --questions); use --image.")
     parse_dims(positions)
     path = single_image(image, model)
     loaded = cli.load(
@@ -218,7 +220,9 @@ def _ablate_dataset(
     from analysis.cli.evaluate import run_evaluation
 
     if "positions" in targets:
-        raise ValueError("target=positions is per prompt; over a dataset use the other targets.")
+        raise UserInputError(
+            "target=positions is per prompt; over a dataset use the other targets."
+        )
     options = [f"mode={mode}"] if mode != "pre" else []
     chosen_layers = parse_dims(layers)
     if chosen_layers:

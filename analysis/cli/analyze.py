@@ -35,10 +35,13 @@ from analysis.cli.root import app, friendly
 from analysis.cli.tables import console, err_console, write_json
 from analysis.config import (
     CI_LEVEL,
+    DIM_MIN_ABS,
+    DIM_MIN_RATIO,
     MAX_NEW_TOKENS,
     MIN_IMAGE_ATTENTION,
     RHO,
     TAU,
+    TOP_HEADS,
     P,
 )
 
@@ -113,8 +116,10 @@ def dims(
     prompt: PromptOpt = DESCRIBE_PROMPT,
     min_ratio: Annotated[
         float, typer.Option(help="Peak / median ratio to count as massive.")
-    ] = 100.0,
-    min_abs: Annotated[float, typer.Option(help="Absolute floor on the peak (0 = off).")] = 0.0,
+    ] = DIM_MIN_RATIO,
+    min_abs: Annotated[
+        float, typer.Option(help="Absolute floor on the peak (0 = off).")
+    ] = DIM_MIN_ABS,
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
@@ -342,7 +347,7 @@ def heads(
     ] = None,
     tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = TAU,
     dims: DimsOpt = None,
-    top: Annotated[int, typer.Option(help="Heads to list.")] = 10,
+    top: Annotated[int, typer.Option(help="Heads to list.")] = TOP_HEADS,
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,

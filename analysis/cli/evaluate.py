@@ -46,11 +46,15 @@ from analysis.cli.tables import _ci, console, print_summary, print_wide, write_j
 from analysis.config import (
     BATCH_SIZE,
     CI_LEVEL,
+    EVAL_MAX_NEW_TOKENS,
     N_BOOT,
+    N_CALIBRATION,
     RHO,
     SEED,
     TAU,
+    VAR_PRESET,
 )
+from analysis.errors import UserInputError
 
 
 def describe_run(result: Any) -> str:
@@ -147,18 +151,18 @@ def eval_(
     ] = ANSWERS,
     max_new_tokens: Annotated[
         int, typer.Option(help="Greedy generation length (0: score by log-probs only).")
-    ] = 8,
+    ] = EVAL_MAX_NEW_TOKENS,
     tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = TAU,
     rho: Annotated[
         float, typer.Option(help="Minimum visual non-sink ratio (heads, VAR default).")
     ] = RHO,
     preset: Annotated[
         str, typer.Option(help="VAR preset of var conditions: paper (default) or official.")
-    ] = "paper",
+    ] = VAR_PRESET,
     dims: DimsOpt = None,
     calibration_items: Annotated[
         int, typer.Option(help="Distinct images used to discover sink dims when needed.")
-    ] = 8,
+    ] = N_CALIBRATION,
     stats: Annotated[
         bool, typer.Option(help="Collect sink counts and head scores in the baseline pass.")
     ] = True,
@@ -443,9 +447,11 @@ def export(
         try:
             entries = json.loads(template.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"--template {template}: not a readable JSON file ({err}).") from None
+            raise UserInputError(
+                f"--template {template}: not a readable JSON file ({err})."
+            ) from None
         if not isinstance(entries, list):
-            raise ValueError(f"--template {template}: expected a JSON list of entries.")
+            raise UserInputError(f"--template {template}: expected a JSON list of entries.")
     text = export_judge(
         load_records(run_dir), fmt, condition=condition, model_id=model_id, template=entries
     )

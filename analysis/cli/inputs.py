@@ -12,6 +12,7 @@ from typing import Any
 from rich.markup import escape
 
 from analysis.cli.tables import console
+from analysis.errors import UserInputError
 
 
 def resolve_model_path(model: str | None) -> str:
@@ -82,7 +83,9 @@ def image_paths(images: list[Path] | None, model: str | None) -> list[Path]:
     if images:
         found = collect_images(images)
     elif model is not None:
-        raise ValueError("--images is required with a MODEL (the demo images suit only the demo).")
+        raise UserInputError(
+            "--images is required with a MODEL (the demo images suit only the demo)."
+        )
     else:
         found = collect_images(demo_dir() / "images")
     check_images(found)
@@ -93,10 +96,12 @@ def single_image(image: Path | None, model: str | None) -> Path:
     """The given image file, or the first demo image when running on the demo model."""
     if image is not None:
         if image.is_dir():
-            raise ValueError(f"--image takes one image file; {image} is a folder.")
+            raise UserInputError(f"--image takes one image file; {image} is a folder.")
         return image_paths([image], model)[0]
     if model is not None:
-        raise ValueError("--image is required with a MODEL (the demo images suit only the demo).")
+        raise UserInputError(
+            "--image is required with a MODEL (the demo images suit only the demo)."
+        )
     return image_paths(None, None)[0]
 
 
@@ -106,7 +111,7 @@ def parse_dims(dims: str | None) -> list[int] | None:
     try:
         return [int(d) for d in dims.split(",") if d.strip()]
     except ValueError:
-        raise ValueError(f"--dims must be comma-separated integers, got {dims!r}.") from None
+        raise UserInputError(f"--dims must be comma-separated integers, got {dims!r}.") from None
 
 
 def calibration(loaded: Any, paths: list[Path], prompt: str) -> list[Any]:
@@ -146,17 +151,19 @@ def bench_items(
     from analysis.scoring.readers import BENCHMARKS, read_dataset
 
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"--benchmark must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}.")
+        raise UserInputError(
+            f"--benchmark must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}."
+        )
     if format is not None and data is None:
-        raise ValueError("--format names the reader of --data; pass --data.")
+        raise UserInputError("--format names the reader of --data; pass --data.")
     # Each source option names its reader (--data: --format, else its suffix).
     sources = (("tsv", tsv), ("hf", hf), ("llava", questions), (format, data))
     given = [(fmt, path) for fmt, path in sources if path is not None]
     if len(given) != 1:
-        raise ValueError("--benchmark needs exactly one of --tsv, --hf, --questions or --data.")
+        raise UserInputError("--benchmark needs exactly one of --tsv, --hf, --questions or --data.")
     fmt, source = given[0]
     if questions is not None and images is None:
-        raise ValueError("--images (the image folder) is required with --questions.")
+        raise UserInputError("--images (the image folder) is required with --questions.")
     dataset = read_dataset(
         source,
         format=fmt,
@@ -186,13 +193,13 @@ def dataset_items(
     bench = bench or {}
     if bench.get("benchmark") is not None:
         if prompt is not None:
-            raise ValueError("--prompt is for image folders; benchmark files carry their text.")
+            raise UserInputError("--prompt is for image folders; benchmark files carry their text.")
         return bench_items(questions=questions, images=images, **bench)
     if any(bench.get(k) is not None for k in ("tsv", "hf", "answer_file")):
-        raise ValueError("--tsv, --hf and --answer-file need --benchmark.")
+        raise UserInputError("--tsv, --hf and --answer-file need --benchmark.")
     if bench.get("data") is not None:
         if questions is not None:
-            raise ValueError("Pass either --data or --questions, not both.")
+            raise UserInputError("Pass either --data or --questions, not both.")
         # decode_dir is offered, not imposed: a reader that stores no images ignores it.
         dataset = read_dataset(
             bench["data"],
@@ -203,20 +210,20 @@ def dataset_items(
         )
         return list(dataset.items), dataset.describe()
     if bench.get("format") is not None:
-        raise ValueError("--format names the reader of --data; pass --data.")
+        raise UserInputError("--format names the reader of --data; pass --data.")
     if questions is None and images is None:
         if model is not None:
-            raise ValueError("--questions and --images are required with a MODEL.")
+            raise UserInputError("--questions and --images are required with a MODEL.")
         questions, images = demo_dir() / "questions.jsonl", demo_dir() / "images"
     if images is None:
-        raise ValueError("--images (the image folder) is required with --questions.")
+        raise UserInputError("--images (the image folder) is required with --questions.")
     if questions is not None:
         if prompt is not None:
-            raise ValueError("--prompt is for image folders; --questions carry their own text.")
+            raise UserInputError("--prompt is for image folders; --questions carry their own text.")
         dataset = read_dataset(questions, format="pope", images=images)
     else:
         if prompt is None:
-            raise ValueError("An image folder needs --prompt (or pass --questions).")
+            raise UserInputError("An image folder needs --prompt (or pass --questions).")
         dataset = read_dataset(images, format="folder", prompt=prompt)
     return list(dataset.items), dataset.describe()
 

@@ -38,11 +38,15 @@ from analysis.cli.options import (
 from analysis.cli.root import app, friendly
 from analysis.cli.tables import console, write_json
 from analysis.config import (
+    DRAWS,
     MAX_NEW_TOKENS,
+    PNG_SCALE,
+    REPORT_DRAWS,
     RHO,
     TAU,
     P,
 )
+from analysis.errors import UserInputError
 
 
 @app.command()
@@ -68,11 +72,13 @@ def figures(
         int | None,
         typer.Option(help="Layer of figures 1, 2, 3d (default: top image-centric head's)."),
     ] = None,
-    draws: Annotated[int, typer.Option(help="Random draws of the knock-out control.")] = 5,
+    draws: Annotated[int, typer.Option(help="Random draws of the knock-out control.")] = DRAWS,
     only: Annotated[
         list[str] | None, typer.Option(help="Only these figures (repeatable), e.g. fig5_var.")
     ] = None,
-    scale: Annotated[float, typer.Option(help="PNG resolution, times the figure size.")] = 2.0,
+    scale: Annotated[
+        float, typer.Option(help="PNG resolution, times the figure size.")
+    ] = PNG_SCALE,
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
@@ -94,7 +100,9 @@ def figures(
     check_output_dir(out, "--out")
     paths = image_paths(images, model)
     if focus >= len(paths):
-        raise ValueError(f"--focus {focus}: there are {len(paths)} images (0..{len(paths) - 1}).")
+        raise UserInputError(
+            f"--focus {focus}: there are {len(paths)} images (0..{len(paths) - 1})."
+        )
     loaded = cli.load(
         model,
         device,
@@ -146,7 +154,9 @@ def report(
     rho: Annotated[float, typer.Option(help="Minimum visual non-sink ratio (heads, VAR).")] = RHO,
     p: Annotated[float, typer.Option(help="VAR: fraction of sink attention moved.")] = P,
     dims: DimsOpt = None,
-    draws: Annotated[int, typer.Option(help="Random draws of the knock-out control.")] = 3,
+    draws: Annotated[
+        int, typer.Option(help="Random draws of the knock-out control.")
+    ] = REPORT_DRAWS,
     max_new_tokens: Annotated[
         int, typer.Option(help="Tokens generated per answer.")
     ] = MAX_NEW_TOKENS,
