@@ -21,6 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis import viz
+from analysis.config import PNG_SCALE
+from analysis.errors import UserInputError
 from analysis.figures import FIGURES, FigureResults, FigureSpec, draw_figures
 from analysis.fsio import write_atomic
 from analysis.results import to_jsonable
@@ -190,14 +192,14 @@ def write_figures(
     *,
     names: Sequence[str] | None = None,
     formats: Sequence[str] = ("png", "html", "json"),
-    scale: float = 2.0,
+    scale: float = PNG_SCALE,
     command: str = "vsink figures",
     show_progress: bool = True,
 ) -> FigureSet:
     """Draw figures from computed results and write them (PNG, HTML, JSON) plus an index."""
     unknown = set(formats) - {"png", "html", "json"}
     if unknown:
-        raise ValueError(f"Unknown format(s) {sorted(unknown)}; use png, html, json.")
+        raise UserInputError(f"Unknown format(s) {sorted(unknown)}; use png, html, json.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(results, names)

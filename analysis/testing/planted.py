@@ -92,7 +92,7 @@ PROMPT = "describe the image ."
 
 BACKGROUND, OBJECT, SINK = 0, 1, 2  # cell classes
 SHADES = {BACKGROUND: (200, 200, 200), OBJECT: (230, 230, 40), SINK: (60, 60, 60)}
-FAMILIES = ("llava", "llava_next", "gemma3", "qwen2_5_vl")
+FAMILIES = ("llava", "llava_next", "gemma3", "llava_onevision", "qwen2_5_vl")
 Source = Literal["mlp", "projector"]
 SinksOn = Literal["bos", "visual", "both"]
 
@@ -280,6 +280,14 @@ ZOO: tuple[PlantedSpec, ...] = (
     ),
     PlantedSpec("gemma3_base", family="gemma3", visual_sink_fraction=0.25),
     PlantedSpec(
+        "llava_onevision_base",
+        family="llava_onevision",
+        sink_dims=(200, 901),
+        visual_sink_fraction=0.2,
+        image_centric_heads=((2, 1), (4, 3)),
+        notes="Qwen2 text model (q/k/v biases 0), SigLIP tower, anyres grid = the image",
+    ),
+    PlantedSpec(
         "gemma3_late_heavy",
         family="gemma3",
         n_layers=6,
@@ -445,11 +453,12 @@ class _Plan:
     def counts(self) -> dict[str, float]:
         """Keys a text query sees: visual tokens by class, text tokens, sinks."""
         s = self.spec
-        tiles = 2 if s.family == "llava_next" else 1
+        anyres = s.family in ("llava_next", "llava_onevision")  # base + hi-res grid, newlines
+        tiles = 2 if anyres else 1
         r0, r1, c0, c1 = s.object_cells
         n_obj = tiles * (r1 - r0) * (c1 - c0)
         n_vs = tiles * s.n_visual_sinks if s.visual_sinks else 0
-        n_vis = tiles * s.grid**2 + (s.grid if s.family == "llava_next" else 0)
+        n_vis = tiles * s.grid**2 + (s.grid if anyres else 0)
         n_text_sinks = int(s.bos_sink) + int(s.delimiter_sink and s.has_sinks)
         n_sinks = n_vs + n_text_sinks
         n_rest = n_vis - n_obj - n_vs + N_TEXT_ESTIMATE - n_text_sinks
@@ -894,6 +903,12 @@ def _build_gemma3(spec: PlantedSpec) -> tuple[Any, Any]:
     return model.eval(), processor
 
 
+def _build_onevision(spec: PlantedSpec) -> tuple[Any, Any]:
+    from analysis.testing.planted_onevision import build_onevision
+
+    return build_onevision(spec)
+
+
 def _build_qwen2_5_vl(spec: PlantedSpec) -> tuple[Any, Any]:
     from analysis.testing.planted_qwen import build_qwen2_5_vl
 
@@ -904,6 +919,7 @@ _BUILDERS = {
     "llava": _build_llava,
     "llava_next": _build_llava,
     "gemma3": _build_gemma3,
+    "llava_onevision": _build_onevision,
     "qwen2_5_vl": _build_qwen2_5_vl,
 }
 
