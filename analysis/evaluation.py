@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from analysis.attention_guard import require_attention_edits
 from analysis.capture import progress
 from analysis.checks import check_settings
 from analysis.config import CI_LEVEL, MIN_IMAGE_ATTENTION, N_BOOT, RHO, SEED, TAU
@@ -300,6 +301,10 @@ def evaluate(
             condition.check_layers(model.n_layers)
         except ConditionError as err:  # a run-level error: the run cannot start
             raise EvalError(str(err)) from None
+        if condition.attention_edit is not None:  # before the baseline runs, not at its batch
+            require_attention_edits(
+                model, f"Condition {condition.name!r}", scores=condition.attention_edit == "scores"
+            )
     bad_dims = [d for d in dims or () if not 0 <= int(d) < model.d_model]
     if bad_dims:
         raise EvalError(f"Sink dims {bad_dims} out of range for d_model {model.d_model}.")

@@ -133,6 +133,45 @@ def test_var_and_knock_outs_refuse_on_qwen_without_its_routing(tiny_models):
         model.extra[EDITS_KEY] = cached
 
 
+def test_an_eval_run_refuses_before_its_baseline_runs(tiny_models, tmp_path, monkeypatch):
+    """The conditions that edit attention are checked up front, not at their first batch."""
+    from analysis import evaluation
+    from analysis.datasets import read_pope
+    from analysis.interventions import registry
+    from analysis.loading import DEMO_MODEL_DIR
+
+    kinds = {c.name: c.attention_edit for c in registry.parse("baseline,var,ablate-sinks")}
+    assert kinds == {"baseline": None, "var": "pattern", "ablate-sinks": "scores"}
+    assert registry.parse("ablate-sinks:mode=post")[0].attention_edit == "pattern"
+
+    demo = DEMO_MODEL_DIR.parent
+    items = read_pope(demo / "questions.jsonl", demo / "images")[:2]
+    model = tiny_models[QWEN]
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the run started before refusing")
+
+    monkeypatch.setattr(evaluation, "progress", no_forward)
+    cached = model.extra.pop(EDITS_KEY, None)
+    remove_native_routing(model.bridge)
+    try:
+        with pytest.raises(AttentionEditsError, match=r"^Condition 'var' needs attention-pattern"):
+            evaluation.evaluate(
+                model,
+                items,
+                out=tmp_path / "run",
+                conditions="baseline,var",
+                dims=[0, 1],
+                max_new_tokens=1,
+                show_progress=False,
+            )
+    finally:
+        install_native_routing(model.bridge)
+        model.extra.pop(EDITS_KEY, None)
+        if cached is not None:
+            model.extra[EDITS_KEY] = cached
+
+
 def test_post_softmax_scores_alone_refuse_only_score_edits(tiny_models, monkeypatch):
     """A model whose pattern edits work but whose score hook is post-softmax."""
     model = tiny_models["llava"]

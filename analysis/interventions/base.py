@@ -315,6 +315,12 @@ class ConditionSpec:
         return False
 
     @property
+    def attention_edit(self) -> Literal["pattern", "scores"] | None:
+        """What its hooks edit in attention (``hook_pattern`` / ``hook_attn_scores``), if anything:
+        the run refuses up front where such edits would be discarded."""
+        return None
+
+    @property
     def layers_used(self) -> tuple[int, ...] | None:
         """Layers the condition names (None: its default)."""
         return None

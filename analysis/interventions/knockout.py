@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import numpy as np
 
@@ -126,6 +126,10 @@ class KnockOutSpec(ConditionSpec):
             None if layers is None else tuple(int(x) for x in layers),
             int(data.get("draw", 0)),
         )
+
+    @property
+    def attention_edit(self) -> Literal["pattern", "scores"] | None:
+        return "scores" if self.mode == "pre" else "pattern"
 
     @property
     def needs_dims(self) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -149,6 +149,10 @@ class VarFamily(ConditionSpec):
         config = VarConfig.from_dict(data["var"])
         variant = Variant(**data["variant"]) if "variant" in data else Variant()
         return cls._make(str(data["name"]), config, variant, str(data["name"]))
+
+    @property
+    def attention_edit(self) -> Literal["pattern", "scores"] | None:
+        return "pattern"
 
     @property
     def needs_dims(self) -> bool:
