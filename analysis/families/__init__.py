@@ -32,3 +32,4 @@ __all__ = [
     "register",
     "supported_architectures",
 ]
+from analysis.families import idefics3 as _idefics3  # noqa: F401  (registers the family)
