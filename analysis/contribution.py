@@ -151,9 +151,9 @@ class ContributionResult(ResultMixin):
 
 
 def output_projection(model: LoadedModel, layer: int) -> Float[torch.Tensor, "head d_head d_model"]:
-    """W_O of ``layer`` split per head, from the wrapped HF linear layer."""
+    """W_O of ``layer`` split per head, from the family's output projection (an nn.Linear)."""
     try:
-        weight = model.bridge.blocks[layer].attn.o.original_component.weight
+        weight = model.family.output_projection(model.bridge, layer).weight
     except AttributeError as err:
         raise ValueError(
             f"Cannot find the attention output projection of layer {layer} on this bridge."

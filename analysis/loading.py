@@ -2,8 +2,10 @@
 
 One public entry point, :func:`load_model`, returns a :class:`LoadedModel` that
 holds the bridge, the HF processor and the metadata every analysis needs. The
-supported families are declared in :data:`FAMILIES`; adding one means adding a
-:class:`FamilySpec` there and its token geometry in :mod:`analysis.tokens`.
+supported families live in :mod:`analysis.families` (one module per family, one
+registry; :data:`FAMILIES` is a read-only view of it). The family's
+``check_config`` refuses a config it cannot lay out before the processor or any
+weight loads.
 
 Numerics are raw HF numerics (the bridge's default): with no hooks attached the
 bridge's logits equal HF's eager logits (within fp tolerance: the language model's
@@ -16,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -27,10 +31,12 @@ from safetensors import SafetensorError
 from analysis.attention import install_attention_routing
 from analysis.compat import install_cache_compat
 from analysis.errors import VsinkError
+from analysis.families import Family, UnknownFamilyError, registry
 
 log = logging.getLogger(__name__)
 
-Layout = Literal["grid", "anyres", "pooled_grid"]
+# How a family lays visual tokens out (``Family.layout``: grid, anyres, pooled_grid, ...).
+Layout = str
 
 # The bundled synthetic demo model (built by ``python -m analysis.demo.build``).
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo" / "model"
@@ -41,70 +47,39 @@ class ModelLoadError(VsinkError, RuntimeError):
 
 
 class UnsupportedModelError(ModelLoadError):
-    """The checkpoint's architecture is not one of :data:`FAMILIES`."""
+    """The checkpoint's architecture is not one of the registered families'."""
 
 
-@dataclass(frozen=True)
-class FamilySpec:
-    """What the toolkit needs to know about one LMM family.
+class _FamilyView(Mapping[str, Family]):
+    """The family registry by name, read live (families registered later show up)."""
 
-    ``layout`` names how the family lays visual tokens out in the sequence
-    (see :mod:`analysis.tokens`): ``grid`` one patch grid per image (LLaVA-1.5),
-    ``anyres`` a base tile plus an unpadded high-resolution grid with a newline
-    token per row (LLaVA-NeXT), ``pooled_grid`` a pooled square grid between
-    begin/end-of-image tokens (Gemma 3).
-    """
+    def __getitem__(self, name: str) -> Family:
+        return registry.families()[name]
 
-    name: str
-    architectures: tuple[str, ...]
-    layout: Layout
-    base_llm: str
-    notes: str = ""
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.families())
+
+    def __len__(self) -> int:
+        return len(registry.families())
 
 
-FAMILIES: dict[str, FamilySpec] = {
-    spec.name: spec
-    for spec in (
-        FamilySpec(
-            name="llava",
-            architectures=("LlavaForConditionalGeneration",),
-            layout="grid",
-            base_llm="llama",
-            notes="LLaVA-1.5 (CLIP ViT-L/14-336 + Vicuna/LLaMA-2)",
-        ),
-        FamilySpec(
-            name="llava_next",
-            architectures=("LlavaNextForConditionalGeneration",),
-            layout="anyres",
-            base_llm="llama/mistral",
-            notes="LLaVA-NeXT / LLaVA-1.6 (anyres tiles + image_newline)",
-        ),
-        FamilySpec(
-            name="gemma3",
-            architectures=("Gemma3ForConditionalGeneration",),
-            layout="pooled_grid",
-            base_llm="gemma3",
-            notes="Gemma 3 (SigLIP + pooled 2D grid, bidirectional attention among image tokens)",
-        ),
-    )
-}
+FAMILIES: Mapping[str, Family] = _FamilyView()
 
 
 def supported_architectures() -> list[str]:
     """HF architecture class names that :func:`load_model` accepts."""
-    return [arch for spec in FAMILIES.values() for arch in spec.architectures]
+    return registry.supported_architectures()
 
 
-def family_for_architecture(architecture: str) -> FamilySpec:
-    for spec in FAMILIES.values():
-        if architecture in spec.architectures:
-            return spec
-    raise UnsupportedModelError(
-        f"Architecture {architecture!r} is not supported. Supported architectures: "
-        + ", ".join(supported_architectures())
-        + ". (Qwen2-VL/Qwen2.5-VL need torchvision for their processor and are not "
-        "supported by this release.)"
-    )
+def family_for_architecture(architecture: str) -> Family:
+    try:
+        return registry.for_architecture(architecture)
+    except UnknownFamilyError:
+        raise UnsupportedModelError(
+            f"Architecture {architecture!r} is not supported. Supported architectures: "
+            + ", ".join(supported_architectures())
+            + "."
+        ) from None
 
 
 @dataclass
@@ -118,7 +93,7 @@ class LoadedModel:
 
     bridge: Any
     processor: Any
-    family: FamilySpec
+    family: Family
     name_or_path: str
     n_layers: int
     n_heads: int
@@ -223,13 +198,36 @@ def _is_local(name_or_path: str | os.PathLike[str]) -> bool:
     return Path(name_or_path).expanduser().exists()
 
 
+class _BelowError(logging.Filter):
+    """Drop records below ERROR logged by one thread (the one loading a model)."""
+
+    def __init__(self, thread: int) -> None:
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or record.thread != self.thread
+
+
 @contextlib.contextmanager
-def _quiet() -> Any:
-    """Silence transformers' load chatter (weight progress bars, PIL fallback notices)."""
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load chatter (weight progress bars, PIL fallback notices).
+
+    transformers' logging verbosity is left as it is: a filter on its handlers
+    drops this thread's records below ERROR while the block runs, so another
+    thread's (or the caller's) logging is untouched. The weight progress bar has
+    only a process-wide switch; it is off inside the block and restored after.
+    """
     from transformers.utils import logging as hf_logging
 
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    library = hf_logging.get_logger("transformers")
+    hf_logging.get_verbosity()  # configures transformers' default handler if not yet done
+    handlers = list(library.handlers)
+    if library.propagate:  # CI=1: records also reach the root logger's handlers
+        handlers += logging.getLogger().handlers
+    only_errors = _BelowError(threading.get_ident())
+    for handler in handlers:
+        handler.addFilter(only_errors)
     progress = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -238,9 +236,14 @@ def _quiet() -> Any:
             warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")
             yield
     finally:
-        hf_logging.set_verbosity(previous)
+        for handler in handlers:
+            handler.removeFilter(only_errors)
         if progress:
             hf_logging.enable_progress_bar()
+
+
+# The name benchmarks import.
+_quiet = quiet_transformers
 
 
 @contextlib.contextmanager
@@ -294,6 +297,7 @@ def load_model(
     device_map: str | dict[str, Any] | None = None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    allow_unknown_config: bool = False,
 ) -> LoadedModel:
     """Load an LMM as a TransformerBridge with its processor.
 
@@ -306,9 +310,13 @@ def load_model(
         device_map: HF/accelerate device map (e.g. ``"auto"``) for models too big for one GPU.
         trust_remote_code: forwarded to HF loaders.
         revision: hub revision (branch, tag or commit) for reproducible loads.
+        allow_unknown_config: load a config with top-level keys the family does
+            not list (they may change the visual-token layout); the family's value
+            checks still run. Without it such a config raises
+            :class:`~analysis.families.UnsupportedConfigError` before anything loads.
     """
     from transformer_lens.model_bridge import TransformerBridge
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     if not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path).strip():
         raise ModelLoadError(
@@ -347,10 +355,11 @@ def load_model(
         raise ModelLoadError(f"Cannot load {name!r}: {hint}. Cause: {err}") from err
     architecture = (getattr(config, "architectures", None) or [type(config).__name__])[0]
     family = family_for_architecture(architecture)
+    family.check_config(config, allow_unknown=allow_unknown_config)
 
-    with _quiet():
+    with quiet_transformers():
         try:
-            processor = AutoProcessor.from_pretrained(name, **hub_kwargs)
+            processor = family.load_processor(name, **hub_kwargs)
         except (OSError, ValueError, ImportError) as err:
             missing = (
                 " It needs torchvision, which is not installed; vsink never installs "
@@ -388,13 +397,14 @@ def load_model(
     bridge.processor = processor
     install_cache_compat(bridge)
     install_attention_routing(bridge)
+    family.prepare_bridge(bridge)
     return _describe_loaded(bridge, processor, family, name, revision, is_local, torch_dtype)
 
 
 def _describe_loaded(
     bridge: Any,
     processor: Any,
-    family: FamilySpec,
+    family: Family,
     name: str,
     revision: str | None,
     is_local: bool,

@@ -1,5 +1,9 @@
 """Tiny random-weight LMMs of every supported family, built from configs.
 
+Each family builds its own (:meth:`analysis.families.base.Family.build_tiny`);
+this module holds what they share (sizes, a word-level tokenizer, chat
+templates, tiny config helpers) and :func:`build_tiny_model`, which saves one.
+
 They are saved with ``save_pretrained`` (model, processor, tokenizer, chat
 template) and meant to be loaded back through :func:`analysis.loading.load_model`,
 so tests and benchmarks exercise the same path as a real checkpoint without
@@ -12,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 WORDS = [
     "is",
@@ -48,7 +50,7 @@ WORDS = [
     "assistant",
 ]
 
-_LLAVA_TEMPLATE = (
+LLAVA_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
     "{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
@@ -56,12 +58,16 @@ _LLAVA_TEMPLATE = (
     "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
 )
 
-_GEMMA3_TEMPLATE = (
+GEMMA3_TEMPLATE = (
     "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<start_of_image>"
     "{% else %}{{ c['text'] }}{% endif %}{% endfor %}<end_of_turn>\n{% endfor %}"
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
+
+# The names the planted zoo imports.
+_LLAVA_TEMPLATE = LLAVA_TEMPLATE
+_GEMMA3_TEMPLATE = GEMMA3_TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,8 @@ def word_tokenizer(specials: dict[str, str], bos: str | None, extra_words: tuple
     return fast
 
 
-def _text_kwargs(spec: TinySpec, vocab_size: int, tokenizer: Any) -> dict[str, Any]:
+def text_kwargs(spec: TinySpec, vocab_size: int, tokenizer: Any) -> dict[str, Any]:
+    """The text config of a tiny LLM (LLaMA / Gemma 3 keyword names)."""
     return {
         "vocab_size": vocab_size,
         "hidden_size": spec.d_model,
@@ -124,81 +131,6 @@ def _text_kwargs(spec: TinySpec, vocab_size: int, tokenizer: Any) -> dict[str, A
         "pad_token_id": tokenizer.pad_token_id,
         **({"head_dim": spec.d_head} if spec.d_head else {}),
     }
-
-
-def build_llava(spec: TinySpec) -> tuple[Any, Any]:
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    tok = word_tokenizer({"bos": "<s>", "eos": "</s>", "image_token": "<image>"}, "<s>")
-    text = LlamaConfig(**_text_kwargs(spec, len(tok), tok))
-    vision = _clip_config(CLIPVisionConfig, spec)
-    config = LlavaConfig(
-        text_config=text,
-        vision_config=vision,
-        # transformers 5 names it image_token_id (its stubs still say image_token_index).
-        **{"image_token_id": tok.convert_tokens_to_ids("<image>")},
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(spec.seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    processor = LlavaProcessor(
-        image_processor=_clip_processor(CLIPImageProcessor, spec),
-        tokenizer=tok,
-        patch_size=spec.patch_size,
-        vision_feature_select_strategy="default",
-        chat_template=_LLAVA_TEMPLATE,
-        num_additional_image_tokens=1,
-    )
-    return model, processor
-
-
-def build_llava_next(spec: TinySpec) -> tuple[Any, Any]:
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-        LlavaNextImageProcessor,
-        LlavaNextProcessor,
-    )
-
-    tok = word_tokenizer({"bos": "<s>", "eos": "</s>", "image_token": "<image>"}, "<s>")
-    text = LlamaConfig(**_text_kwargs(spec, len(tok), tok))
-    vision = _clip_config(CLIPVisionConfig, spec)
-    s = spec.image_size
-    pinpoints = [[s, 2 * s], [2 * s, s], [2 * s, 2 * s], [s, 3 * s], [3 * s, s]]
-    config = LlavaNextConfig(
-        text_config=text,
-        vision_config=vision,
-        **{"image_token_id": tok.convert_tokens_to_ids("<image>")},
-        image_grid_pinpoints=pinpoints,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(spec.seed)
-    model = LlavaNextForConditionalGeneration(config).eval()
-    image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": s},
-        crop_size={"height": s, "width": s},
-        image_grid_pinpoints=pinpoints,
-    )
-    processor = LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        patch_size=spec.patch_size,
-        vision_feature_select_strategy="default",
-        chat_template=_LLAVA_TEMPLATE,
-        num_additional_image_tokens=1,
-    )
-    return model, processor
 
 
 def gemma3_tokenizer() -> Any:
@@ -215,55 +147,8 @@ def gemma3_tokenizer() -> Any:
     return word_tokenizer(specials, "<bos>", extra_words=("user", "model"))
 
 
-def build_gemma3(spec: TinySpec) -> tuple[Any, Any]:
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForConditionalGeneration,
-        Gemma3ImageProcessor,
-        Gemma3Processor,
-    )
-
-    tok = gemma3_tokenizer()
-    text = _text_kwargs(spec, len(tok), tok)
-    text.update(
-        head_dim=spec.d_head or spec.d_model // spec.n_heads,
-        sliding_window=16,
-        layer_types=[
-            "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(spec.n_layers)
-        ],
-    )
-    vision = {
-        "hidden_size": spec.vision_hidden,
-        "intermediate_size": 2 * spec.vision_hidden,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": spec.image_size,
-        "patch_size": spec.patch_size,
-    }
-    side = spec.image_size // spec.patch_size
-    tokens_per_image = (side // 2) ** 2  # the 2x2 average pool of Gemma 3's projector
-    config = Gemma3Config(
-        text_config=text,
-        vision_config=vision,
-        mm_tokens_per_image=tokens_per_image,
-        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
-        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
-        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
-    )
-    torch.manual_seed(spec.seed)
-    model = Gemma3ForConditionalGeneration(config).eval()
-    processor = Gemma3Processor(
-        image_processor=Gemma3ImageProcessor(
-            size={"height": spec.image_size, "width": spec.image_size}
-        ),
-        tokenizer=tok,
-        chat_template=_GEMMA3_TEMPLATE,
-        image_seq_length=tokens_per_image,
-    )
-    return model, processor
-
-
-def _clip_config(cls: Any, spec: TinySpec) -> Any:
+def clip_config(cls: Any, spec: TinySpec) -> Any:
+    """A tiny vision tower config of class ``cls`` (CLIP-like keyword names)."""
     return cls(
         hidden_size=spec.vision_hidden,
         intermediate_size=2 * spec.vision_hidden,
@@ -274,24 +159,26 @@ def _clip_config(cls: Any, spec: TinySpec) -> Any:
     )
 
 
-def _clip_processor(cls: Any, spec: TinySpec) -> Any:
+def clip_processor(cls: Any, spec: TinySpec) -> Any:
+    """A CLIP-style image processor: resize the shortest edge, centre-crop a square."""
     s = spec.image_size
     return cls(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
 
 
-BUILDERS = {"llava": build_llava, "llava_next": build_llava_next, "gemma3": build_gemma3}
-
-
 def build_tiny_model(family: str, out_dir: str | Path, spec: TinySpec | None = None) -> Path:
-    """Build a tiny random ``family`` model and save it (model + processor) to ``out_dir``."""
-    if family not in BUILDERS:
-        raise ValueError(f"Unknown family {family!r}; choose from {sorted(BUILDERS)}.")
-    from transformers.utils import logging as hf_logging
+    """Build a tiny random ``family`` model and save it (model + processor) to ``out_dir``.
 
-    hf_logging.disable_progress_bar()
-    model, processor = BUILDERS[family](spec or TinySpec())
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    The family's own :meth:`~analysis.families.base.Family.build_tiny` builds it;
+    an unknown name raises :class:`~analysis.families.UnknownFamilyError`.
+    """
+    from analysis.families import get
+    from analysis.loading import quiet_transformers
+
+    builder = get(family)
+    with quiet_transformers():
+        model, processor = builder.build_tiny(spec or TinySpec())
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
     return out

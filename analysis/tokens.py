@@ -5,6 +5,9 @@ model's own processor and chat template, and returns, aligned with the token
 sequence, which positions are visual, which are text, which text positions are
 queries after the image, and for every visual token its image index, tile, row,
 column and whether it is a separator (LLaVA-NeXT's ``image_newline``).
+Each family (:mod:`analysis.families`) says where its visual tokens sit
+(``Family.image_tokens``) and how its processor wants a batch's images
+(``Family.processor_images``); nothing here special-cases a family.
 
 Nothing here hard-codes a token count or id: counts are derived from the
 config and the processor's image sizes, then checked against the visual
@@ -350,78 +353,6 @@ def _shift_geometry(geometry: VisualGeometry, offset: int) -> VisualGeometry:
     )
 
 
-# --------------------------------------------------------------------------- per family
-
-
-def _grid_tokens(spec: GridSpec, separator_col: bool = False) -> list[tuple[int, int, bool]]:
-    cols = spec.cols + (1 if separator_col else 0)
-    return [(r, c, separator_col and c == spec.cols) for r in range(spec.rows) for c in range(cols)]
-
-
-def _llava_image_tokens(
-    model: LoadedModel, image_index: int, size: tuple[int, int]
-) -> tuple[list[GridSpec], list[tuple[int, int, int, bool]]]:
-    config = model.config
-    vision = config.vision_config
-    side = vision.image_size // vision.patch_size
-    height, width = size
-    # CLIP processors resize the shortest edge then centre-crop a square.
-    crop = min(height, width)
-    x0, y0 = (width - crop) / 2, (height - crop) / 2
-    spec = GridSpec(image_index, 0, "grid", side, side, (x0, y0, x0 + crop, y0 + crop))
-    tokens: list[tuple[int, int, int, bool]] = []
-    if getattr(config, "vision_feature_select_strategy", "default") == "full":
-        tokens.append((0, -1, -1, True))  # the CLS token: visual but not spatial
-    tokens += [(0, r, c, sep) for r, c, sep in _grid_tokens(spec)]
-    return [spec], tokens
-
-
-def _llava_next_image_tokens(
-    model: LoadedModel, image_index: int, size: tuple[int, int]
-) -> tuple[list[GridSpec], list[tuple[int, int, int, bool]]]:
-    from transformers.models.llava_next.modeling_llava_next import (
-        get_anyres_image_grid_shape,
-        unpad_image,
-    )
-
-    config = model.config
-    vision = config.vision_config
-    side = vision.image_size // vision.patch_size
-    height, width = size
-    extent = (0.0, 0.0, float(width), float(height))
-    base = GridSpec(image_index, 0, "base", side, side, extent)
-    tiles_h, tiles_w = get_anyres_image_grid_shape(
-        (height, width), config.image_grid_pinpoints, vision.image_size
-    )
-    # Reuse HF's own unpadding on a dummy tensor so the shape matches the model exactly.
-    dummy = torch.zeros(1, tiles_h * side, tiles_w * side)
-    rows, cols = unpad_image(dummy, torch.tensor([height, width])).shape[1:]
-    has_newline = getattr(model.hf_model.model, "image_newline", None) is not None
-    hires = GridSpec(image_index, 1, "anyres", int(rows), int(cols), extent, has_newline)
-    tokens = [(0, r, c, sep) for r, c, sep in _grid_tokens(base)]
-    tokens += [(1, r, c, sep) for r, c, sep in _grid_tokens(hires, separator_col=has_newline)]
-    return [base, hires], tokens
-
-
-def _gemma3_image_tokens(
-    model: LoadedModel, image_index: int, size: tuple[int, int]
-) -> tuple[list[GridSpec], list[tuple[int, int, int, bool]]]:
-    per_image = int(model.config.mm_tokens_per_image)
-    side = round(per_image**0.5)
-    if side * side != per_image:
-        raise GeometryError(f"mm_tokens_per_image={per_image} is not a square grid.")
-    height, width = size
-    spec = GridSpec(image_index, 0, "grid", side, side, (0.0, 0.0, float(width), float(height)))
-    return [spec], [(0, r, c, sep) for r, c, sep in _grid_tokens(spec)]
-
-
-_GEOMETRY = {
-    "grid": _llava_image_tokens,
-    "anyres": _llava_next_image_tokens,
-    "pooled_grid": _gemma3_image_tokens,
-}
-
-
 def visual_geometry(
     model: LoadedModel,
     input_ids: Int[torch.Tensor, " pos"],
@@ -433,11 +364,10 @@ def visual_geometry(
     prompt order.
     """
     positions = (input_ids == model.image_token_id).nonzero().flatten()
-    builder = _GEOMETRY[model.family.layout]
     grids: list[GridSpec] = []
     rows: list[tuple[int, int, int, int, bool]] = []
     for index, size in enumerate(image_sizes):
-        specs, tokens = builder(model, index, size)
+        specs, tokens = model.family.image_tokens(model, index, size)
         grids += specs
         rows += [(index, tile, r, c, sep) for tile, r, c, sep in tokens]
     if len(rows) != positions.numel():
@@ -513,19 +443,14 @@ def build_batch(
             raise ValueError("Every sample needs a non-empty text prompt.")
         pil_lists.append([load_image(img) for img in image_list])
         prompts.append(format_prompt(model, prompt, len(image_list)))
-    processor = model.processor
-    tokenizer = processor.tokenizer
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        encoded = processor(
-            images=pil_lists if model.family.layout == "pooled_grid" else _flatten(pil_lists),
-            text=prompts,
-            padding=True,
-            return_tensors="pt",
-        )
-    finally:
-        tokenizer.padding_side = previous_side
+    # Left padding for this call only: the shared tokenizer's padding_side stays as it is.
+    encoded = model.processor(
+        images=model.family.processor_images(pil_lists),
+        text=prompts,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
     tensors = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
     check_length(model, int(tensors["input_ids"].shape[1]))
     sizes = [[(img.height, img.width) for img in images] for images in pil_lists]
@@ -560,10 +485,6 @@ def check_length(model: LoadedModel, n_tokens: int) -> None:
             f"The prompt is {n_tokens} tokens, longer than {limit}, {source}; shorten it, "
             "or pass --max-length N (extra['max_length'] in Python) to run it anyway."
         )
-
-
-def _flatten(nested: list[list[Image.Image]]) -> list[Image.Image]:
-    return [img for images in nested for img in images]
 
 
 def _layout(

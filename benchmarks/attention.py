@@ -137,7 +137,8 @@ def build_shaped(
 
     A folder already built with the same key, layers, width and dtype is reused.
     """
-    from analysis.tiny import BUILDERS, TinySpec
+    from analysis.families import get
+    from analysis.tiny import TinySpec
 
     spec = TinySpec(
         n_layers=n_layers,
@@ -155,7 +156,7 @@ def build_shaped(
     if marker.exists():
         return folder, dim
     with torch.device(device):
-        model, processor = BUILDERS[SHAPES[key]["family"]](spec)
+        model, processor = get(SHAPES[key]["family"]).build_tiny(spec)
     model = model.to(dtype)
     model.config.text_config.max_position_embeddings = 4096
     _plant_sinks(model, processor, _image(SHAPES[key]["image_hw"]), dim=dim, fraction=0.02)

@@ -255,7 +255,8 @@ def build_7b_shaped(
     about ``sink_fraction`` of ``image``'s visual tokens carry a massive
     activation in the first sink dim (see :func:`plant_visual_sinks`).
     """
-    from analysis.tiny import TinySpec, build_llava
+    from analysis.families import get
+    from analysis.tiny import TinySpec
 
     dims = shape or SHAPE_7B
     spec = TinySpec(
@@ -268,7 +269,7 @@ def build_7b_shaped(
         image_size=336,  # CLIP ViT-L/14-336: a 24 x 24 grid, 576 visual tokens
         patch_size=14,
     )
-    model, processor = build_llava(spec)
+    model, processor = get("llava").build_tiny(spec)
     sink_dim = SINK_DIMS_7B[0] if dims["d_model"] > SINK_DIMS_7B[0] else 0
     plant_visual_sinks(model, processor, image, dim=sink_dim, fraction=sink_fraction)
     out_dir.mkdir(parents=True, exist_ok=True)

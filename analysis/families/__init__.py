@@ -1,7 +1,12 @@
 """LMM families: one module per family, one registry (see :mod:`analysis.families.base`).
 
-Importing this package registers every family module listed below.
+Importing this package imports every module in it, so each family module
+registers itself: adding a family is adding one file here (and its contract
+test class in ``tests/test_family_contracts.py``).
 """
+
+import importlib
+import pkgutil
 
 from analysis.families.base import (
     COMMON_CONFIG_KEYS,
@@ -9,6 +14,7 @@ from analysis.families.base import (
     Family,
     UnsupportedConfigError,
     VisualToken,
+    grid_tokens,
 )
 from analysis.families.registry import (
     UnknownFamilyError,
@@ -29,7 +35,12 @@ __all__ = [
     "families",
     "for_architecture",
     "get",
+    "grid_tokens",
     "register",
     "supported_architectures",
 ]
-from analysis.families import idefics3 as _idefics3  # noqa: F401  (registers the family)
+
+# Every module but the machinery is a family module (sorted: a stable registration order).
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in ("base", "registry"):
+        importlib.import_module(f"{__name__}.{_module.name}")

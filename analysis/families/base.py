@@ -63,6 +63,12 @@ COMMON_CONFIG_KEYS: frozenset[str] = frozenset(
 )
 
 
+def grid_tokens(rows: int, cols: int, separator_col: bool = False) -> list[tuple[int, int, bool]]:
+    """(row, col, is_separator) of a row-major grid; ``separator_col`` adds one column at the end."""
+    width = cols + (1 if separator_col else 0)
+    return [(r, c, separator_col and c == cols) for r in range(rows) for c in range(width)]
+
+
 class UnsupportedConfigError(VsinkError):
     """The checkpoint's config has a key or value the family does not handle."""
 
@@ -106,11 +112,16 @@ class Family(ABC):
 
     # ------------------------------------------------------------------ config
 
-    def check_config(self, config: Any) -> None:
-        """Refuse, before any weight loads, a config key or value this family does not handle."""
+    def check_config(self, config: Any, *, allow_unknown: bool = False) -> None:
+        """Refuse, before any weight loads, a config key or value this family does not handle.
+
+        Keys are the ones the checkpoint sets (``to_diff_dict``: what differs from
+        the config class's defaults, every key the config.json adds included).
+        ``allow_unknown`` skips the key check; the value checks always run.
+        """
         keys = set(config.to_diff_dict()) if hasattr(config, "to_diff_dict") else set()
         unknown = sorted(keys - COMMON_CONFIG_KEYS - self.config_keys)
-        if unknown:
+        if unknown and not allow_unknown:
             raise UnsupportedConfigError(
                 f"{self.name}: the config has keys this toolkit does not handle for the family "
                 f"({', '.join(unknown)}); they may change the visual-token layout. Check them and "

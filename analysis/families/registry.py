@@ -12,7 +12,7 @@ _FAMILIES: dict[str, Family] = {}
 F = TypeVar("F", bound=type[Family])
 
 
-class UnknownFamilyError(VsinkError):
+class UnknownFamilyError(VsinkError, ValueError):
     """No registered family has this name or architecture."""
 
 
