@@ -22,12 +22,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from analysis.ablation import KnockOut
+from analysis.capture import forward
 from analysis.cli import app
 from analysis.dims import discover_dims, registry_entry
 from analysis.families import COMMON_CONFIG_KEYS, UnsupportedConfigError, get
 from analysis.families.idefics3 import CHAT_TEMPLATE, tile_counts, tokens_per_side
 from analysis.heads import score_heads
-from analysis.hooks import forward
 from analysis.loading import LoadedModel, ModelLoadError, load_model
 from analysis.sinks import find_sinks, label_scores
 from analysis.testing.planted import (
@@ -97,7 +97,30 @@ def test_config_keys_are_the_hf_config_keys():
 
     keys = set(Idefics3Config().to_dict())
     assert keys - COMMON_CONFIG_KEYS == set(FAMILY.config_keys)
-    FAMILY.check_config(Idefics3Config())
+
+
+@pytest.mark.parametrize(
+    ("vision", "scale", "side"),
+    [
+        ({"image_size": 364, "patch_size": 14}, 2, 13),  # Idefics3-8B: 169 tokens a frame
+        ({"image_size": 384, "patch_size": 14}, 3, 9),  # SmolVLM: 27 patches, 81 tokens
+        ({"image_size": 512, "patch_size": 16}, 4, 8),  # SmolVLM-256M/500M: 64 tokens
+    ],
+)
+def test_published_geometries_are_accepted(vision, scale, side):
+    from transformers import Idefics3Config
+
+    config = Idefics3Config(vision_config=vision, scale_factor=scale)
+    FAMILY.check_config(config)
+    assert tokens_per_side(config) == side
+
+
+def test_hfs_default_config_is_refused():
+    """224 px / 32 px = 7 patches a side: the pixel shuffle by 2 cannot reshape them."""
+    from transformers import Idefics3Config
+
+    with pytest.raises(UnsupportedConfigError, match="7 patches per side"):
+        FAMILY.check_config(Idefics3Config())
 
 
 def test_check_config_refuses_unknown_keys_and_values_it_cannot_lay_out(model):
@@ -109,8 +132,8 @@ def test_check_config_refuses_unknown_keys_and_values_it_cannot_lay_out(model):
     assert "\n" not in str(info.value)
     FAMILY.check_config(unknown, allow_unknown=True)
     for change, message in [
-        ({"scale_factor": 3}, "not a multiple of patch_size"),
-        ({"vision_config": {**config.vision_config.to_dict(), "image_size": 30}}, "multiple"),
+        ({"scale_factor": 3}, "not a multiple of scale_factor 3"),
+        ({"vision_config": {**config.vision_config.to_dict(), "image_size": 21}}, "multiple"),
         ({"text_config": {"model_type": "mistral"}}, "only a LLaMA text model"),
     ]:
         bad = type(config).from_dict({**config.to_dict(), **change})
@@ -236,11 +259,18 @@ def test_geometry_equals_the_processors_tokens(model, tiles, split):
         assert geometry.n_visual == (rows * cols + 1) * side * side
         markers = _marker_tiles(model, ids)
         for index, marker in enumerate(markers):
-            tile, r, c = (int(geometry.tile[index]), int(geometry.row[index]), int(geometry.col[index]))
+            tile, r, c = (
+                int(geometry.tile[index]),
+                int(geometry.row[index]),
+                int(geometry.col[index]),
+            )
             if marker is None:
-                assert tile == 1 and 0 <= r < side and 0 <= c < side
+                assert tile == 1
+                assert 0 <= r < side
+                assert 0 <= c < side
             else:
-                assert tile == 0 and (r // side + 1, c // side + 1) == marker
+                assert tile == 0
+                assert (r // side + 1, c // side + 1) == marker
         # Within a tile, tokens run row-major over its s x s block.
         tile_tokens = (geometry.tile == 0).nonzero().flatten()
         if len(tile_tokens):
@@ -274,7 +304,10 @@ def test_two_images_in_one_prompt(model):
     geometry = inputs.layouts[0].geometry
     side = tokens_per_side(model.config)
     per_image = [int((geometry.image == i).sum()) for i in (0, 1)]
-    assert per_image == [(1 * 3 + 1) * side * side, (3 * 1 + 1) * side * side]
+    image_processor = model.processor.image_processor
+    rows_cols = [tile_counts(30, 60, image_processor), tile_counts(60, 30, image_processor)]
+    assert rows_cols == [(2, 3), (3, 2)]
+    assert per_image == [(r * c + 1) * side * side for r, c in rows_cols]
     assert [g.name for g in geometry.grids] == ["tiles", "global", "tiles", "global"]
 
 
@@ -294,20 +327,28 @@ def test_bridge_logits_equal_hf_and_edits_take_effect(model):
     def shifted(resid, hook):
         return resid + 1.0
 
-    for name, hook in (("blocks.1.attn.hook_pattern", uniform), ("blocks.1.hook_resid_post", shifted)):
+    for name, hook in (
+        ("blocks.1.attn.hook_pattern", uniform),
+        ("blocks.1.hook_resid_post", shifted),
+    ):
         edited = forward(model, inputs, [(name, hook)])
         assert float((edited - hf).abs().max()) > 1e-3, name
 
 
 def test_batch_with_padding_equals_each_sample_alone(model):
     inputs = _two(model)
-    assert inputs.tensors["pixel_values"].shape[1] == 1 * 2 + 1 + 2  # 2:1 image: 1x3 tiles + global
+    # 2:1 image: 2 x 3 tiles + global; square: 3 x 3 + global, so three zero frames pad row 0.
+    frames = inputs.tensors["pixel_values"].flatten(2)
+    assert frames.shape[1] == 10
+    assert (frames == 0).all(-1).sum(-1).tolist() == [3, 0]
     assert not bool(inputs.tensors["attention_mask"].bool().all())
     batch = forward(model, inputs)
     for index in range(inputs.batch_size):
         alone = inputs.select(index)
         start = inputs.layouts[index].first_position
-        torch.testing.assert_close(forward(model, alone)[0], batch[index, start:], atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            forward(model, alone)[0], batch[index, start:], atol=ATOL, rtol=0
+        )
 
 
 # ----------------------------------------------------------------------------- interventions
@@ -327,7 +368,9 @@ def test_var_and_knockout_change_the_forward(model):
     inputs = _two(model)
     baseline = forward(model, inputs)
     config = replace(STRONG, layers=tuple(range(model.n_layers)))
-    logits, record = run_with_var(model, inputs, dims=None, config=config, sinks=_planted_sinks(inputs))
+    logits, record = run_with_var(
+        model, inputs, dims=None, config=config, sinks=_planted_sinks(inputs)
+    )
     assert sum(record.prefill_changed) > 0
     assert float((logits - baseline).abs().max()) > 1e-3
     knock = KnockOut(model, inputs, target="visual")
@@ -370,7 +413,7 @@ def test_generation_kv_cache_var_and_knockout_equal_the_uncached_loop(model):
 
 def test_vsink_info(folder, tmp_path):
     out = tmp_path / "info.json"
-    result = CliRunner().invoke(app, ["info", "--model", str(folder), "--json", str(out)])
+    result = CliRunner().invoke(app, ["info", str(folder), "--json", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads(out.read_text())
     assert summary["family"] == "idefics3"
@@ -399,7 +442,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_planted_board_is_tiled_exactly(planted):
-    spec, cells, model, inputs = planted
+    spec, _cells, model, inputs = planted
     geometry = inputs.layouts[0].geometry
     assert [(g.name, g.rows, g.cols) for g in geometry.grids] == [
         ("tiles", 2 * spec.grid, 2 * spec.grid),

@@ -143,10 +143,13 @@ class Idefics3(Family):
             raise UnsupportedConfigError(
                 f"{self.name}: scale_factor={scale!r} is not a positive integer."
             )
-        if image_size % patch_size or (image_size // patch_size) % scale:
+        # The patch conv drops a remainder (SmolVLM: 384 px / 14 px = 27 patches), the pixel
+        # shuffle cannot: the patches per side must be a multiple of the scale factor.
+        if (image_size // patch_size) % scale:
             raise UnsupportedConfigError(
-                f"{self.name}: image_size {image_size} is not a multiple of patch_size "
-                f"{patch_size} times scale_factor {scale}; the pixel shuffle cannot lay it out."
+                f"{self.name}: {image_size // patch_size} patches per side (image_size "
+                f"{image_size} / patch_size {patch_size}) is not a multiple of scale_factor "
+                f"{scale}; the pixel shuffle cannot lay it out."
             )
 
     def check_processor(self, processor: Any, config: Any) -> None:
