@@ -88,9 +88,9 @@ def tile_counts(height: int, width: int, image_processor: Any) -> tuple[int, int
     if image_processor.do_resize:
         longest = int(image_processor.size["longest_edge"])
         height, width = _resize_output_size_rescale_to_max_len(height, width, max_len=longest)
-        height, width = _resize_output_size_scale_below_upper_bound(
-            height, width, max_len=MAX_IMAGE_SIZE
-        )
+        # The helper is annotated with a dict but called with an int, as the processor does.
+        below: Any = _resize_output_size_scale_below_upper_bound
+        height, width = below(height, width, max_len=MAX_IMAGE_SIZE)
     # resize_for_vision_encoder: the long side up to a multiple of the tile, the short
     # side from the aspect ratio, then up to a multiple as well.
     aspect = width / height
@@ -294,7 +294,6 @@ class Idefics3(Family):
             vision_config=vision,
             image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
             scale_factor=TINY_SCALE_FACTOR,
-            pad_token_id=tok.pad_token_id,
         )
         torch.manual_seed(spec.seed)
         model = Idefics3ForConditionalGeneration(config).eval()

@@ -95,7 +95,6 @@ def build_idefics3(spec: PlantedSpec) -> tuple[Any, Any]:
         vision_config=vision,
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=SCALE,
-        pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
     model = Idefics3ForConditionalGeneration(config)
