@@ -222,8 +222,6 @@ class ModelInputs:
     layouts: list[TokenLayout]
     prompts: list[str]
     image_sizes: list[list[tuple[int, int]]] = field(default_factory=list)
-    #: Image tensors batched per sample (``Family.per_sample_tensors``), not per image.
-    per_sample: frozenset[str] = frozenset()
 
     @property
     def input_ids(self) -> Int[torch.Tensor, "batch pos"]:
@@ -285,11 +283,7 @@ class ModelInputs:
         for key, value in self.tensors.items():
             if key == "input_ids":
                 tensors[key] = torch.cat([value, new_ids], dim=1)
-            elif (
-                key not in _PER_IMAGE_TENSORS
-                and key not in self.per_sample
-                and value.shape[:2] == self.input_ids.shape
-            ):
+            elif key not in _PER_IMAGE_TENSORS and value.shape[:2] == self.input_ids.shape:
                 fill = 1 if key == "attention_mask" else 0
                 extra = value.new_full((self.batch_size, n_new, *value.shape[2:]), fill)
                 tensors[key] = torch.cat([value, extra], dim=1)
@@ -312,9 +306,7 @@ class ModelInputs:
                     tokens=layout.tokens + [str(int(i)) for i in ids],
                 )
             )
-        return ModelInputs(
-            tensors, layouts, list(self.prompts), list(self.image_sizes), self.per_sample
-        )
+        return ModelInputs(tensors, layouts, list(self.prompts), list(self.image_sizes))
 
     def select(self, index: int) -> ModelInputs:
         """Sample ``index`` as a batch of one with its padding stripped (reference runs)."""
@@ -324,9 +316,7 @@ class ModelInputs:
         first, n_images = sum(counts[:index]), counts[index]
         tensors: dict[str, torch.Tensor] = {}
         for key, value in self.tensors.items():
-            if key in self.per_sample:
-                tensors[key] = value[index : index + 1]
-            elif key in _PER_IMAGE_TENSORS:
+            if key in _PER_IMAGE_TENSORS:
                 tensors[key] = value[first : first + n_images]
             elif value.shape[:2] == self.input_ids.shape:
                 tensors[key] = value[index : index + 1, start:]
@@ -344,9 +334,7 @@ class ModelInputs:
             geometry=_shift_geometry(layout.geometry, -start),
             tokens=layout.tokens[start:],
         )
-        return ModelInputs(
-            tensors, [shifted], [self.prompts[index]], [self.image_sizes[index]], self.per_sample
-        )
+        return ModelInputs(tensors, [shifted], [self.prompts[index]], [self.image_sizes[index]])
 
 
 # Tensors with one entry per image (not per sample): split by image counts.
@@ -474,7 +462,7 @@ def build_batch(
         tensors = {k: v.to(device) for k, v in tensors.items()}
     if model.dtype != torch.float32 and "pixel_values" in tensors:
         tensors["pixel_values"] = tensors["pixel_values"].to(model.dtype)
-    return ModelInputs(tensors, layouts, prompts, sizes, model.family.per_sample_tensors)
+    return ModelInputs(tensors, layouts, prompts, sizes)
 
 
 def context_length(model: LoadedModel) -> int | None:

@@ -109,8 +109,6 @@ class Family(ABC):
     notes: ClassVar[str] = ""
     config_keys: ClassVar[frozenset[str]] = frozenset()
     attention_edits: ClassVar[AttentionEdits] = AttentionEdits()
-    #: Processor outputs batched per sample (padded), not per image (Idefics3's pixel_values).
-    per_sample_tensors: ClassVar[frozenset[str]] = frozenset()
 
     # ------------------------------------------------------------------ config
 

@@ -118,8 +118,6 @@ class Idefics3(Family):
     # Idefics3Config's own keys (transformers 5.24 to_dict, beyond the common ones);
     # ``_pad_token_id`` is where 5.24 keeps the deprecated top-level pad id.
     config_keys = frozenset({"image_token_id", "scale_factor", "_pad_token_id"})
-    # [batch, frames, ...]: every sample's tiles and global images, zero frames as padding.
-    per_sample_tensors = frozenset({"pixel_values", "pixel_attention_mask"})
 
     # ------------------------------------------------------------------ config
 
@@ -277,10 +275,10 @@ class Idefics3(Family):
             LlamaConfig,
         )
 
-        from analysis.tiny import text_kwargs
+        from analysis.tiny import _text_kwargs
 
         tok = idefics3_tokenizer()
-        text = LlamaConfig(**text_kwargs(spec, len(tok), tok))
+        text = LlamaConfig(**_text_kwargs(spec, len(tok), tok))
         vision = {
             "hidden_size": spec.vision_hidden,
             "intermediate_size": 2 * spec.vision_hidden,
