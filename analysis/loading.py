@@ -31,9 +31,17 @@ from safetensors import SafetensorError
 from analysis.attention import install_attention_routing
 from analysis.compat import install_cache_compat
 from analysis.errors import VsinkError
-from analysis.families import Family, UnknownFamilyError, registry
+from analysis.families import Family, UnknownFamilyError, UnsupportedConfigError, registry
 
 log = logging.getLogger(__name__)
+
+try:  # transformers 5 validates config fields through huggingface_hub's strict dataclasses
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # pragma: no cover - another huggingface_hub layout
+
+    class StrictDataclassError(Exception):  # type: ignore[no-redef]
+        """Stand-in: nothing raises it."""
+
 
 # How a family lays visual tokens out (``Family.layout``: grid, anyres, pooled_grid, ...).
 Layout = str
@@ -217,6 +225,8 @@ def quiet_transformers() -> Iterator[None]:
     drops this thread's records below ERROR while the block runs, so another
     thread's (or the caller's) logging is untouched. The weight progress bar has
     only a process-wide switch; it is off inside the block and restored after.
+    The logger's level found on entry is put back on exit (see
+    :func:`_transformers_level_kept`).
     """
     from transformers.utils import logging as hf_logging
 
@@ -231,7 +241,7 @@ def quiet_transformers() -> Iterator[None]:
     progress = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings():
+        with _transformers_level_kept(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torchvision.*")
             warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")
             yield
@@ -240,6 +250,21 @@ def quiet_transformers() -> Iterator[None]:
             handler.removeFilter(only_errors)
         if progress:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _transformers_level_kept() -> Iterator[None]:
+    """Put the ``transformers`` logger's level back after the block.
+
+    TransformerLens sets it to ERROR for the whole process when its transformers
+    source module is first imported; loading a model should not do that.
+    """
+    library = logging.getLogger("transformers")
+    level = library.level
+    try:
+        yield
+    finally:
+        library.setLevel(level)
 
 
 # The name benchmarks import.
@@ -315,8 +340,10 @@ def load_model(
             checks still run. Without it such a config raises
             :class:`~analysis.families.UnsupportedConfigError` before anything loads.
     """
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoConfig, AutoModelForImageTextToText
+
+    with _transformers_level_kept():
+        from transformer_lens.model_bridge import TransformerBridge
 
     if not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path).strip():
         raise ModelLoadError(
@@ -345,6 +372,11 @@ def load_model(
 
     try:
         config = AutoConfig.from_pretrained(name, **hub_kwargs)
+    except StrictDataclassError as err:  # a value transformers' own validators refuse
+        raise UnsupportedConfigError(
+            f"Cannot load {name!r}: transformers refuses a value in its config: "
+            + " ".join(str(err).split())
+        ) from err
     except (OSError, ValueError) as err:
         hint = (
             "the folder's config.json could not be read"

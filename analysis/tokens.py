@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from analysis.errors import UserInputError, VsinkError
 
 if TYPE_CHECKING:
+    from analysis.families import Family
     from analysis.loading import LoadedModel
 
 ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
@@ -222,6 +223,13 @@ class ModelInputs:
     layouts: list[TokenLayout]
     prompts: list[str]
     image_sizes: list[list[tuple[int, int]]] = field(default_factory=list)
+    #: The family whose processor built the tensors: which of them are per image, and how
+    #: one sample's are cut out (:meth:`select`). None: one entry per image, the default.
+    family: Family | None = None
+
+    @property
+    def per_image_tensors(self) -> frozenset[str]:
+        return self.family.per_image_tensors if self.family else _PER_IMAGE_TENSORS
 
     @property
     def input_ids(self) -> Int[torch.Tensor, "batch pos"]:
@@ -283,7 +291,7 @@ class ModelInputs:
         for key, value in self.tensors.items():
             if key == "input_ids":
                 tensors[key] = torch.cat([value, new_ids], dim=1)
-            elif key not in _PER_IMAGE_TENSORS and value.shape[:2] == self.input_ids.shape:
+            elif key not in self.per_image_tensors and value.shape[:2] == self.input_ids.shape:
                 fill = 1 if key == "attention_mask" else 0
                 extra = value.new_full((self.batch_size, n_new, *value.shape[2:]), fill)
                 tensors[key] = torch.cat([value, extra], dim=1)
@@ -306,7 +314,9 @@ class ModelInputs:
                     tokens=layout.tokens + [str(int(i)) for i in ids],
                 )
             )
-        return ModelInputs(tensors, layouts, list(self.prompts), list(self.image_sizes))
+        return ModelInputs(
+            tensors, layouts, list(self.prompts), list(self.image_sizes), self.family
+        )
 
     def select(self, index: int) -> ModelInputs:
         """Sample ``index`` as a batch of one with its padding stripped (reference runs)."""
@@ -314,11 +324,18 @@ class ModelInputs:
         start = layout.first_position
         counts = [len(sizes) for sizes in self.image_sizes]
         first, n_images = sum(counts[:index]), counts[index]
-        tensors: dict[str, torch.Tensor] = {}
+        if self.family is not None:
+            tensors = self.family.select_images(self.tensors, index, first, n_images)
+        else:
+            tensors = {
+                key: value[first : first + n_images]
+                for key, value in self.tensors.items()
+                if key in _PER_IMAGE_TENSORS
+            }
         for key, value in self.tensors.items():
-            if key in _PER_IMAGE_TENSORS:
-                tensors[key] = value[first : first + n_images]
-            elif value.shape[:2] == self.input_ids.shape:
+            if key in self.per_image_tensors:
+                continue
+            if value.shape[:2] == self.input_ids.shape:
                 tensors[key] = value[index : index + 1, start:]
             else:
                 raise ValueError(
@@ -334,10 +351,12 @@ class ModelInputs:
             geometry=_shift_geometry(layout.geometry, -start),
             tokens=layout.tokens[start:],
         )
-        return ModelInputs(tensors, [shifted], [self.prompts[index]], [self.image_sizes[index]])
+        return ModelInputs(
+            tensors, [shifted], [self.prompts[index]], [self.image_sizes[index]], self.family
+        )
 
 
-# Tensors with one entry per image (not per sample): split by image counts.
+# Tensors with one entry per image (not per sample) when no family says otherwise.
 _PER_IMAGE_TENSORS = frozenset({"pixel_values", "image_sizes"})
 
 
@@ -462,7 +481,7 @@ def build_batch(
         tensors = {k: v.to(device) for k, v in tensors.items()}
     if model.dtype != torch.float32 and "pixel_values" in tensors:
         tensors["pixel_values"] = tensors["pixel_values"].to(model.dtype)
-    return ModelInputs(tensors, layouts, prompts, sizes)
+    return ModelInputs(tensors, layouts, prompts, sizes, model.family)
 
 
 def context_length(model: LoadedModel) -> int | None:

@@ -1,11 +1,12 @@
-"""Invariants that hold in any supported environment, on every family.
+"""Invariants of the interventions that hold in any supported environment, on every family.
 
-KV-cache greedy generation equals an uncached loop of full forwards (token for
-token, per-step logits within 1e-4 in fp32), with no hooks, with VAR hooks and
-with knock-out hooks; a left-padded batch equals its samples alone; a cache that
-is not filled raises instead of decoding without the prompt. They do not use
-the demo model, and ``make test-alt`` / ``make canary`` run them (marker
-``invariant``) under other transformers releases.
+KV-cache greedy generation under VAR hooks and knock-out hooks equals an
+uncached loop of full forwards under the same hooks (token for token, per-step
+logits within 1e-4 in fp32); a cache that is not filled raises instead of
+decoding without the prompt. Without hooks (cached == uncached, padded batch ==
+each sample alone) they are family contracts (``tests/contracts/families.py``).
+They do not use the demo model, and ``make test-alt`` / ``make canary`` run them
+(marker ``invariant``) under other transformers releases.
 """
 
 from __future__ import annotations
@@ -15,35 +16,22 @@ from dataclasses import replace
 import pytest
 import torch
 import transformers
-from conftest import make_image
+from contracts.families import STEPS
+from contracts.families import assert_same as _assert_same
+from contracts.families import cached as _cached
+from contracts.families import one as _one
+from contracts.families import two as _two
 from packaging.version import Version
 
 from analysis.ablation import KnockOut
 from analysis.compat import CacheError, install_cache_compat, remove_cache_compat
 from analysis.generation import generate, reference_greedy
-from analysis.tokens import ModelInputs, build_batch, build_inputs
+from analysis.tokens import ModelInputs
 from analysis.var import VarConfig, VarIntervention
 
 pytestmark = pytest.mark.invariant
 
-STEPS = 6  # EOS disabled: every run decodes exactly this many tokens
-ATOL = 1e-4
 STRONG = VarConfig(p=1.0, rho=0.0, min_image_attention=0.0)
-
-
-def _one(model) -> ModelInputs:
-    return build_inputs(model, make_image(seed=1), "is there a red object in the image ?")
-
-
-def _two(model) -> ModelInputs:
-    """Two samples of different lengths (left padding), different image sizes."""
-    return build_batch(
-        model,
-        [
-            (make_image(seed=1), "is there a red object in the image ?"),
-            (make_image(36, 30, seed=2), "describe"),
-        ],
-    )
 
 
 def _planted_sinks(inputs: ModelInputs) -> torch.Tensor:
@@ -58,41 +46,6 @@ def _planted_sinks(inputs: ModelInputs) -> torch.Tensor:
 
 def _pad_to(mask: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(mask, (0, length - mask.shape[1]))
-
-
-def _assert_same(cached, reference) -> None:
-    assert cached.tokens == reference.tokens
-    assert len(cached.step_logits) == len(reference.step_logits) == STEPS
-    for step, (a, b) in enumerate(zip(cached.step_logits, reference.step_logits, strict=True)):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0, msg=f"step {step}")
-
-
-def _cached(model, inputs, fwd_hooks=()):
-    return generate(
-        model,
-        inputs,
-        max_new_tokens=STEPS,
-        fwd_hooks=fwd_hooks,
-        stop_at_eos=False,
-        keep_logits=True,
-    )
-
-
-def test_cached_generation_equals_uncached_loop(tiny):
-    inputs = _one(tiny)
-    _assert_same(_cached(tiny, inputs), reference_greedy(tiny, inputs, max_new_tokens=STEPS))
-
-
-def test_cached_batch_with_left_padding_equals_uncached_loop_and_single(tiny):
-    inputs = _two(tiny)
-    assert not bool(inputs.tensors["attention_mask"].bool().all()), "the batch must be padded"
-    batch = _cached(tiny, inputs)
-    _assert_same(batch, reference_greedy(tiny, inputs, max_new_tokens=STEPS))
-    for index in range(inputs.batch_size):
-        alone = _cached(tiny, inputs.select(index))
-        assert alone.tokens[0] == batch.tokens[index]
-        for a, b in zip(alone.step_logits, batch.step_logits, strict=True):
-            torch.testing.assert_close(a[0], b[index], atol=ATOL, rtol=0)
 
 
 def _var_hooks(model, sinks: torch.Tensor, config: VarConfig):

@@ -147,3 +147,36 @@ def test_bad_images_are_clear(tmp_path, make, message):
 def test_empty_prompt_rejected(tiny_models):
     with pytest.raises(ValueError, match="non-empty text prompt"):
         build_inputs(tiny_models["llava"], make_image(), "  ")
+
+
+def test_build_batch_pads_left_without_touching_the_tokenizer(tiny):
+    tokenizer = tiny.tokenizer
+    assert tokenizer.padding_side == "right"  # the saved tiny tokenizers pad right
+    inputs = build_batch(
+        tiny, [(make_image(seed=1), "is there a red object in the image ?"), (make_image(), "no")]
+    )
+    assert tokenizer.padding_side == "right"
+    mask = inputs.tensors["attention_mask"].bool()
+    short = int(mask.sum(1).argmin())
+    assert not mask[short, 0]  # the shorter prompt is padded on the left
+    assert mask[:, -1].all()
+    assert inputs.layouts[short].first_position == int((~mask[short]).sum())
+    # Padding tokens are the pad id; the real tokens equal the sample built alone.
+    alone = build_inputs(tiny, make_image(), "no")
+    assert torch.equal(inputs.input_ids[short, mask[short]], alone.input_ids[0])
+
+
+def test_select_cuts_out_each_samples_own_images(tiny):
+    """Two images then one: select() gives each sample its own pixels, as if built alone."""
+    first = [make_image(seed=1), make_image(40, 40, seed=2)]
+    second = [make_image(36, 30, seed=3)]
+    batch = build_batch(tiny, [(first, "describe"), (second, "is there a red object ?")])
+    assert batch.family is tiny.family
+    for index, (images, prompt) in enumerate(
+        [(first, "describe"), (second, "is there a red object ?")]
+    ):
+        alone = build_batch(tiny, [(images, prompt)])
+        selected = batch.select(index)
+        assert selected.tensors.keys() == alone.tensors.keys()
+        for key, value in alone.tensors.items():
+            assert torch.equal(selected.tensors[key], value), key

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from analysis.errors import VsinkError
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
     from analysis.loading import LoadedModel
@@ -144,6 +145,25 @@ class Family(ABC):
     def processor_images(self, images: list[list[Image.Image]]) -> Any:
         """How the processor wants a batch's images: flat by default, nested per sample where needed."""
         return [image for sample in images for image in sample]
+
+    # ------------------------------------------------------------------ batches
+
+    #: Processor outputs with one entry per image, not per sample (split by image counts).
+    per_image_tensors: ClassVar[frozenset[str]] = frozenset({"pixel_values", "image_sizes"})
+
+    def select_images(
+        self, tensors: dict[str, torch.Tensor], sample: int, first: int, count: int
+    ) -> dict[str, torch.Tensor]:
+        """The per-image tensors of batch row ``sample``, whose images are ``first .. first + count``.
+
+        Override where a tensor is not one entry per image (patches packed per
+        image, images nested per sample).
+        """
+        return {
+            key: value[first : first + count]
+            for key, value in tensors.items()
+            if key in self.per_image_tensors
+        }
 
     # ------------------------------------------------------------------ geometry
 
