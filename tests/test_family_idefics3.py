@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_image
+from contracts.families import FamilyContract
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -87,6 +88,17 @@ def _with_processor(model: LoadedModel, *, tiles: int | None, split: bool = True
         chat_template=CHAT_TEMPLATE,
     )
     return replace(model, processor=processor)
+
+
+class TestIdefics3(FamilyContract):
+    """The family contract; the tiny processor splits these sizes into 1-3 x 3 tiles."""
+
+    family = "idefics3"
+    image_sizes = ((28, 28), (28, 56), (56, 28), (20, 60), (60, 20), (40, 90))
+    bad_values = (
+        ("scale_factor", 3, "not a multiple of scale_factor 3"),
+        ("scale_factor", 0, "not a positive integer"),
+    )
 
 
 # ----------------------------------------------------------------------------- config

@@ -239,6 +239,21 @@ class Idefics3(Family):
         # Idefics3Processor matches images to prompts per sample: one list per prompt.
         return [list(sample) for sample in images]
 
+    # ------------------------------------------------------------------ batches
+
+    #: [batch, frames, ...]: every sample's tiles and global images, padded with zero frames
+    #: (which the model drops), so they are cut by sample, not by image.
+    per_image_tensors = frozenset({"pixel_values", "pixel_attention_mask"})
+
+    def select_images(
+        self, tensors: dict[str, torch.Tensor], sample: int, first: int, count: int
+    ) -> dict[str, torch.Tensor]:
+        return {
+            key: value[sample : sample + 1]
+            for key, value in tensors.items()
+            if key in self.per_image_tensors
+        }
+
     # ------------------------------------------------------------------ geometry
 
     def image_tokens(
@@ -275,10 +290,10 @@ class Idefics3(Family):
             LlamaConfig,
         )
 
-        from analysis.tiny import _text_kwargs
+        from analysis.tiny import text_kwargs
 
         tok = idefics3_tokenizer()
-        text = LlamaConfig(**_text_kwargs(spec, len(tok), tok))
+        text = LlamaConfig(**text_kwargs(spec, len(tok), tok))
         vision = {
             "hidden_size": spec.vision_hidden,
             "intermediate_size": 2 * spec.vision_hidden,
