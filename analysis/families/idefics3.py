@@ -248,8 +248,12 @@ class Idefics3(Family):
     def select_images(
         self, tensors: dict[str, torch.Tensor], sample: int, first: int, count: int
     ) -> dict[str, torch.Tensor]:
+        # The sample's own frames, without the batch's padding: the model's own rule (a
+        # frame of zeros is padding), so the result equals the sample processed alone.
+        frames = tensors["pixel_values"][sample]
+        real = frames.flatten(1).ne(0).any(-1)
         return {
-            key: value[sample : sample + 1]
+            key: value[sample][real].unsqueeze(0)
             for key, value in tensors.items()
             if key in self.per_image_tensors
         }
