@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_image
-from contracts.families import FamilyContract
+from contracts.families import STEPS, FamilyContract, assert_same, cached
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -28,6 +28,7 @@ from analysis.cli import app
 from analysis.dims import discover_dims, registry_entry
 from analysis.families import COMMON_CONFIG_KEYS, UnsupportedConfigError, get
 from analysis.families.idefics3 import CHAT_TEMPLATE, tile_counts, tokens_per_side
+from analysis.generation import reference_greedy
 from analysis.heads import score_heads
 from analysis.loading import LoadedModel, ModelLoadError, load_model
 from analysis.sinks import find_sinks, label_scores
@@ -43,7 +44,7 @@ from analysis.testing.planted import (
 )
 from analysis.tiny import build_tiny_model
 from analysis.tokens import ModelInputs, build_batch, build_inputs
-from analysis.var import VarConfig, run_with_var
+from analysis.var import VarConfig, VarIntervention, run_with_var
 
 FAMILY = get("idefics3")
 ATOL = 1e-5
@@ -392,32 +393,39 @@ def test_var_and_knockout_change_the_forward(model):
 
 def test_generation_kv_cache_var_and_knockout_equal_the_uncached_loop(model):
     """KV-cache decoding equals the uncached loop plain, under VAR and under a knock-out."""
-    from test_invariants import _assert_same, _cached, _var_hooks
-
-    from analysis.generation import reference_greedy
-    from analysis.var import VarIntervention
-
-    steps = 6
     inputs = _two(model)
-    _assert_same(_cached(model, inputs), reference_greedy(model, inputs, max_new_tokens=steps))
+    assert_same(cached(model, inputs), reference_greedy(model, inputs, max_new_tokens=STEPS))
     sinks = _planted_sinks(inputs)
     config = replace(STRONG, layers=tuple(range(model.n_layers)))
     var = VarIntervention(model, inputs, dims=None, sinks=sinks, config=config)
-    cached = _cached(model, inputs, var.fwd_hooks())
+    with_var = cached(model, inputs, var.fwd_hooks())
     assert sum(var.record().decode_changed) > 0
-    reference = reference_greedy(
-        model, inputs, max_new_tokens=steps, make_hooks=_var_hooks(model, sinks, config)
-    )
-    _assert_same(cached, reference)
+
+    def var_hooks(extended: ModelInputs):
+        # The prompt's sinks; generated tokens are never sinks here.
+        grown = torch.nn.functional.pad(sinks, (0, extended.input_ids.shape[1] - sinks.shape[1]))
+        return VarIntervention(model, extended, dims=None, sinks=grown, config=config).fwd_hooks()
+
+    reference = reference_greedy(model, inputs, max_new_tokens=STEPS, make_hooks=var_hooks)
+    assert_same(with_var, reference)
     knock = KnockOut(model, inputs, target="visual")
-    cached = _cached(model, inputs, knock.fwd_hooks())
+    knocked = cached(model, inputs, knock.fwd_hooks())
     reference = reference_greedy(
         model,
         inputs,
-        max_new_tokens=steps,
+        max_new_tokens=STEPS,
         make_hooks=lambda ext: KnockOut(model, ext, target="visual").fwd_hooks(),
     )
-    _assert_same(cached, reference)
+    assert_same(knocked, reference)
+    plain = cached(model, inputs)
+    for changed in (with_var, knocked):
+        moved = max(
+            (a - b).abs().max().item()
+            for a, b in zip(changed.step_logits, plain.step_logits, strict=True)
+        )
+        assert moved > 1e-3, (
+            "the hooks must change the decoding for the comparison to mean anything"
+        )
 
 
 # ----------------------------------------------------------------------------- CLI
