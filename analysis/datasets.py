@@ -9,6 +9,10 @@ Three ways in, all returning a list of :class:`Item`:
 * :func:`items_from_records` takes any iterable of mappings (the Python API
   for every other format).
 
+The first two, and the benchmark formats, are registered as dataset readers in
+:mod:`analysis.scoring.readers`: :func:`analysis.scoring.readers.read_dataset`
+reads any of them by format name or by the source file.
+
 Image paths resolve inside the given image root only: a path that escapes it
 (``../``, an absolute path elsewhere, a symlink pointing out) is refused with
 :class:`DatasetError`, so a question file cannot make a run read arbitrary

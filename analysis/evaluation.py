@@ -11,21 +11,10 @@ keeping any attention pattern, the visual sink count of every layer and the
 head scores s, r and the image-centric fraction (see :mod:`analysis.heads`);
 VAR passes record per item the rows changed and attention mass moved.
 
-A run lives in a folder:
-
-* ``manifest.json``: the configuration (checked on restart: a different
-  configuration is refused instead of mixing results), the sink dims used,
-  model, package versions, git commit, one entry per session;
-* ``part-{rank}.jsonl``: append-only per-item records keyed by (item id,
-  condition); a restarted run skips done keys, and a line cut short by a kill
-  is dropped and overwritten;
-* ``records.jsonl`` and ``summary.json``: written by :func:`merge_run`
-  (automatic at the end) from the parts alone, deduplicated and sorted by item.
-
-Launched with ``torchrun --nproc-per-node N`` (or ``accelerate launch``) each
-process takes every N-th batch of the pending items and writes its own part;
-rank 0 merges after a barrier. Batches are formed before sharding, so a fresh
-sharded run computes bit for bit what a single process computes.
+A run lives in a folder (:mod:`analysis.eval.runfolder`: manifest, append-only
+parts of typed records, :mod:`analysis.eval.records`, repair and merge) and can
+be sharded over processes with an explicit :class:`analysis.eval.sharding.Shard`
+that the caller creates (``evaluate`` without one is a single process).
 
 Benchmark items (:class:`analysis.scoring.readers.BenchItem`: MME, MMBench,
 MMVP, CV-Bench, multiple choice, VQA, GQA) are scored by their benchmark's rule
@@ -35,7 +24,8 @@ log-probability, the generation by the benchmark's task, and the summary's
 runs write format 2 (records gain ``benchmark``, ``unit``, ``category``,
 ``answer``, ``candidates``, ``score_*``); runs without a benchmark keep format 1.
 
-Metrics (pure functions, vectorised over bootstrap resamples): POPE accuracy,
+Metrics (pure functions in :mod:`analysis.stats`, vectorised over bootstrap
+resamples): POPE accuracy,
 precision, recall, F1 and yes-ratio with percentile bootstrap CIs, and against
 the baseline the paired accuracy difference (bootstrap CI), the exact McNemar
 test and the mean change of the label's log-probability and of its margin over
@@ -45,18 +35,14 @@ the other answers (the log-odds for yes/no, which does not saturate).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-from jaxtyping import Bool, Float, Int
 
 from analysis.ablation import TARGETS, KnockOut, Mode
 from analysis.ablations import (
@@ -69,15 +55,62 @@ from analysis.ablations import (
     var_intervention,
 )
 from analysis.ablations import TARGETS as VAR_TARGETS
-from analysis.capture import HookFn, batched, progress
+from analysis.capture import HookFn, progress
 from analysis.checks import check_settings
 from analysis.datasets import DatasetError, Item, fingerprint
-from analysis.errors import UserInputError
-from analysis.fsio import check_output_dir, exclusive_lock, write_atomic
-from analysis.generation import answer_logprobs, answer_token_ids, generate, next_token_logprobs
-from analysis.heads import RHO_PRESETS, HeadStatsHooks
-from analysis.results import ResultMixin, provenance, to_jsonable
+from analysis.eval.errors import EvalError, RunInterrupted
+from analysis.eval.records import FORMAT_VERSION, POPE_FORMAT_VERSION, ItemRecord, record_key
+from analysis.eval.runfolder import (
+    DECODED,
+    LOCK,
+    MANIFEST,
+    RECORDS,
+    SUMMARY,
+    EvalResult,
+    _count_records,
+    _model_identity,
+    _start_session,
+    expected_items,
+    load_item_records,
+    load_records,
+    merge_run,
+    part_path,
+    read_manifest,
+    read_part,
+    repair_part,
+)
+from analysis.eval.runner import (
+    PrefillStats,
+    _resolve_dims,
+    evaluate_config,
+    parse_yes_no,
+    predict_from_text,
+    score_batch,
+)
+from analysis.eval.sharding import (
+    Pending,
+    Shard,
+    _barrier,
+    _my_batches,
+    init_distributed,
+    rank_device,
+    resolve_shard,
+    shard_from_env,
+)
+from analysis.fsio import check_output_dir, exclusive_lock
+from analysis.generation import answer_token_ids
+from analysis.heads import RHO_PRESETS
+from analysis.results import to_jsonable
 from analysis.sinks import DEFAULT_TAU
+from analysis.stats import (
+    bootstrap_ci,
+    bootstrap_indices,
+    confusion,
+    mcnemar_exact,
+    percentile_interval,
+    pope_metrics,
+)
+from analysis.stats import mean_stat as _mean_stat
 from analysis.tokens import build_batch
 from analysis.var import PRESETS, VarConfig, VarIntervention
 
@@ -86,28 +119,53 @@ if TYPE_CHECKING:
     from analysis.scoring.readers import BenchItem
     from analysis.tokens import ModelInputs
 
-MANIFEST = "manifest.json"
-RECORDS = "records.jsonl"
-SUMMARY = "summary.json"
-LOCK = "vsink.lock"
-# Base64 images of a benchmark file are decoded into this folder of the run.
-DECODED = "images"
-# Format 2 adds the benchmark fields of records (see analysis.scoring.runs); runs
-# without a benchmark (POPE question files) write the unchanged format 1.
-FORMAT_VERSION = 2
-POPE_FORMAT_VERSION = 1
-
-
-class EvalError(UserInputError):
-    """A run folder or its configuration is unusable; the message says why and what to do."""
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """A run stopped by SIGINT/SIGTERM; what it wrote is kept and the same call resumes."""
-
-    def __init__(self, run: Path, written: int, present: int) -> None:
-        super().__init__(f"{run}: interrupted after {written} records")
-        self.run, self.written, self.present = run, written, present
+# Moved to analysis.eval and analysis.stats; re-exported so ``from analysis.evaluation
+# import X`` keeps working.
+__all__ = [
+    "DECODED",
+    "FORMAT_VERSION",
+    "LOCK",
+    "MANIFEST",
+    "POPE_FORMAT_VERSION",
+    "RECORDS",
+    "SUMMARY",
+    "Condition",
+    "EvalError",
+    "EvalResult",
+    "ItemRecord",
+    "Pending",
+    "PrefillStats",
+    "RunInterrupted",
+    "Shard",
+    "bootstrap_ci",
+    "bootstrap_indices",
+    "confusion",
+    "evaluate",
+    "evaluate_config",
+    "expected_items",
+    "init_distributed",
+    "label_margin",
+    "load_item_records",
+    "load_records",
+    "mcnemar_exact",
+    "merge_run",
+    "parse_conditions",
+    "parse_yes_no",
+    "part_path",
+    "percentile_interval",
+    "pope_metrics",
+    "predict_from_text",
+    "rank_device",
+    "read_manifest",
+    "read_part",
+    "record_key",
+    "repair_part",
+    "resolve_shard",
+    "score_batch",
+    "shard_from_env",
+    "summarize",
+    "summary_rows",
+]
 
 
 # =============================================================================== conditions
@@ -352,373 +410,6 @@ def _build_condition(
     )
 
 
-# =============================================================================== metrics
-
-
-def parse_yes_no(text: str) -> str:
-    """The official POPE rule: first sentence, commas dropped, "no"/"No"/"not" as a word -> no.
-
-    Kept verbatim (case-sensitive "No"/"no"/"not") so numbers are comparable
-    with the POPE and LLaVA evaluation scripts.
-    """
-    if "." in text:
-        text = text.split(".")[0]
-    words = text.replace(",", "").split(" ")
-    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
-
-
-def predict_from_text(text: str, answers: Sequence[str]) -> str | None:
-    """The answer a generated text gives: POPE's rule for yes/no, else the first prefix match."""
-    if [a.lower() for a in answers] == ["yes", "no"]:
-        return parse_yes_no(text)
-    lowered = text.strip().lower()
-    return next((a for a in answers if lowered.startswith(a.lower())), None)
-
-
-def confusion(
-    pred: Bool[np.ndarray, "*boot item"], label: Bool[np.ndarray, "*boot item"]
-) -> dict[str, Int[np.ndarray, "*boot"]]:
-    """True/false positives/negatives along the item axis (positive = first answer, "yes")."""
-    return {
-        "tp": (pred & label).sum(-1),
-        "fp": (pred & ~label).sum(-1),
-        "tn": (~pred & ~label).sum(-1),
-        "fn": (~pred & label).sum(-1),
-    }
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    # sklearn's zero_division=0: no predicted (or true) positives -> 0, not NaN.
-    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-
-def pope_metrics(
-    pred: Bool[np.ndarray, "*boot item"], label: Bool[np.ndarray, "*boot item"]
-) -> dict[str, Float[np.ndarray, "*boot"]]:
-    """POPE accuracy, precision, recall, F1 and yes-ratio, over the last axis."""
-    c = confusion(pred, label)
-    n = pred.shape[-1]
-    precision = _ratio(c["tp"], c["tp"] + c["fp"])
-    recall = _ratio(c["tp"], c["tp"] + c["fn"])
-    return {
-        "accuracy": _ratio(c["tp"] + c["tn"], np.full_like(c["tp"], n)),
-        "precision": precision,
-        "recall": recall,
-        "f1": _ratio(2 * precision * recall, precision + recall),
-        "yes_ratio": _ratio(c["tp"] + c["fp"], np.full_like(c["tp"], n)),
-    }
-
-
-def bootstrap_indices(n: int, n_boot: int, seed: int) -> Int[np.ndarray, "boot item"]:
-    """Resampling indices; the same (n, n_boot, seed) gives the same draws, so paired
-    statistics of different conditions resample the same items."""
-    if n < 1 or n_boot < 1:
-        raise ValueError(f"bootstrap needs n >= 1 and n_boot >= 1 (got {n}, {n_boot}).")
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-
-def percentile_interval(
-    samples: Float[np.ndarray, " boot"], level: float = 0.95
-) -> tuple[float, float]:
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}.")
-    lo, hi = np.quantile(samples, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
-def bootstrap_ci(
-    stat: Callable[..., dict[str, np.ndarray]],
-    arrays: Sequence[np.ndarray],
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict[str, dict[str, float]]:
-    """Point estimate and percentile CI of each statistic ``stat(*arrays)`` returns.
-
-    ``stat`` reduces the last (item) axis and broadcasts over leading axes, so
-    all resamples are computed at once: ``stat(*[a[idx] for a in arrays])``.
-    """
-    index = bootstrap_indices(arrays[0].shape[-1], n_boot, seed)
-    point = stat(*arrays)
-    resampled = stat(*[a[index] for a in arrays])
-    out = {}
-    for name, value in point.items():
-        lo, hi = percentile_interval(resampled[name], level)
-        out[name] = {"value": float(value), "lo": lo, "hi": hi}
-    return out
-
-
-def mcnemar_exact(
-    base_correct: Bool[np.ndarray, " item"], other_correct: Bool[np.ndarray, " item"]
-) -> dict[str, float]:
-    """Exact (binomial) McNemar test on paired correctness.
-
-    b = right at baseline and wrong under the condition, c = the reverse;
-    p = two-sided binomial test of b out of b + c at 1/2 (1.0 when b + c = 0).
-    """
-    from scipy.stats import binom
-
-    b = int((base_correct & ~other_correct).sum())
-    c = int((~base_correct & other_correct).sum())
-    n = b + c
-    p = 1.0 if n == 0 else min(1.0, 2.0 * float(binom.cdf(min(b, c), n, 0.5)))
-    return {"b": b, "c": c, "p": p}
-
-
-def _mean_stat(values: np.ndarray) -> dict[str, np.ndarray]:
-    return {"mean": values.mean(-1)}
-
-
-# =============================================================================== hooks
-
-
-class PrefillStats(HeadStatsHooks):
-    """Sink counts and head scores of one batch, collected during the prefill of a run."""
-
-    def __init__(
-        self,
-        model: LoadedModel,
-        inputs: ModelInputs,
-        *,
-        dims: Sequence[int],
-        tau: float,
-        rho: float,
-        min_image_attention: float,
-    ) -> None:
-        super().__init__(model, inputs, dims=dims, tau=tau)
-        self.rho, self.min_image_attention = rho, min_image_attention
-
-    def per_sample(self) -> list[dict[str, Any]]:
-        """Per sample: visual sinks per layer and [layer][head] means of s, r, selected."""
-        scores = self.scores(rho=self.rho, min_image_attention=self.min_image_attention)
-        means = scores.per_sample()
-        # 4 decimals keep per-item head scores readable and small (32 x 32 heads per item).
-        rounded = {k: np.round(v.double().numpy(), 4) for k, v in means.items()}
-        return [
-            {
-                "sinks": self.sink_counts[b].tolist(),
-                "heads": {k: v[b].tolist() for k, v in rounded.items()},
-            }
-            for b in range(self.sink_counts.shape[0])
-        ]
-
-
-def score_batch(
-    model: LoadedModel,
-    inputs: ModelInputs,
-    answers: Sequence[str],
-    *,
-    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
-    max_new_tokens: int = 0,
-) -> tuple[Float[torch.Tensor, "batch answer"], list[str] | None]:
-    """log p(first token of each answer | prompt) and, when ``max_new_tokens`` > 0, the
-    greedy generation, from a single pass.
-
-    The answer log-probs come from the logits of generation's first step
-    (caught by a forward hook on the HF model, so family-specific logit
-    processing such as soft-capping is included): they equal a plain forward's.
-    """
-    if max_new_tokens <= 0:
-        chosen, _ = answer_logprobs(model, inputs, answers, fwd_hooks=fwd_hooks)
-        return chosen, None
-    first: list[torch.Tensor] = []
-
-    def catch(module: Any, args: Any, output: Any) -> None:
-        if not first:
-            first.append(output.logits[:, -1:].detach().float().cpu())
-
-    handle = model.hf_model.register_forward_hook(catch)
-    try:
-        out = generate(model, inputs, max_new_tokens=max_new_tokens, fwd_hooks=fwd_hooks)
-    finally:
-        handle.remove()
-    ids = answer_token_ids(model, answers)
-    return next_token_logprobs(first[0])[:, ids], out.texts
-
-
-# =============================================================================== run folder
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's place in a ``torchrun``/``accelerate launch`` job (0 of 1 alone)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def shard_from_env() -> Shard:
-    """RANK / WORLD_SIZE / LOCAL_RANK as set by torchrun and accelerate."""
-    try:
-        rank = int(os.environ.get("RANK", "0"))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError:
-        raise EvalError("RANK / WORLD_SIZE / LOCAL_RANK must be integers.") from None
-    if world < 1 or not 0 <= rank < world:
-        raise EvalError(f"Bad distributed environment: RANK={rank}, WORLD_SIZE={world}.")
-    return Shard(rank, world, local)
-
-
-def init_distributed(timeout_hours: float = 24.0) -> Shard:
-    """Join the process group when launched by torchrun/accelerate (idempotent).
-
-    gloo on every device: the processes only exchange barriers and never
-    tensors, so NCCL (which needs one GPU per rank) would add nothing. The
-    long timeout lets a fast rank wait at the final barrier for a slow one.
-    """
-    shard = shard_from_env()
-    if shard.world_size > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(
-            "gloo",
-            rank=shard.rank,
-            world_size=shard.world_size,
-            timeout=timedelta(hours=timeout_hours),
-        )
-    return shard
-
-
-def rank_device(device: str | None, shard: Shard) -> str | None:
-    """One GPU per rank under torchrun: ``cuda`` (or the default) becomes ``cuda:LOCAL_RANK``."""
-    if shard.world_size == 1 or not torch.cuda.is_available():
-        return device
-    if device is None or device == "cuda":
-        return f"cuda:{shard.local_rank}"
-    return device
-
-
-def _barrier(shard: Shard) -> None:
-    if shard.world_size > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def part_path(run_dir: Path, rank: int) -> Path:
-    return run_dir / f"part-{rank}.jsonl"
-
-
-def read_part(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Records of one part and the byte length of its complete lines.
-
-    Records are written one whole line per ``write``; a last line without its
-    newline was cut by a kill and is dropped. A complete line that is not JSON
-    means the file was edited or corrupted: refused.
-    """
-    data = path.read_bytes() if path.exists() else b""
-    end = data.rfind(b"\n") + 1
-    records = []
-    for number, line in enumerate(data[:end].splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise EvalError(f"{path}:{number} is not a JSON record; the part is corrupt.") from None
-    return records, end
-
-
-def repair_part(path: Path) -> int:
-    """Cut a truncated last line so appends start on a fresh line; returns bytes dropped."""
-    if not path.exists():
-        return 0
-    _, end = read_part(path)
-    dropped = path.stat().st_size - end
-    if dropped:
-        with path.open("r+b") as handle:
-            handle.truncate(end)
-    return dropped
-
-
-def record_key(record: dict[str, Any]) -> tuple[str, str]:
-    return str(record["id"]), str(record["condition"])
-
-
-def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All records of a run from its parts: deduplicated (first wins), sorted by item, condition."""
-    run = Path(run_dir)
-    manifest = read_manifest(run)
-    order = {c["name"]: i for i, c in enumerate(manifest["conditions"])}
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(run.glob("part-*.jsonl"), key=lambda p: int(p.stem.split("-")[1])):
-        for record in read_part(path)[0]:
-            seen.setdefault(record_key(record), record)
-    return sorted(
-        seen.values(), key=lambda r: (int(r["index"]), order.get(r["condition"], len(order)))
-    )
-
-
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / MANIFEST
-    if not path.is_file():
-        raise EvalError(f"{Path(run_dir)} is not an evaluation run (no {MANIFEST}).")
-    manifest = json.loads(path.read_text())
-    version = manifest.get("config", {}).get("format", POPE_FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise EvalError(
-            f"{path}: run format {version!r} is newer than this vsink reads "
-            f"(<= {FORMAT_VERSION}); update vsink."
-        )
-    return manifest
-
-
-def _config_diff(old: Any, new: Any, path: str = "") -> list[str]:
-    """The leaves that differ, e.g. ``conditions[1].var.p: 0.6 -> 0.3``."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [
-            line
-            for k in sorted(set(old) | set(new))
-            for line in _config_diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
-        ]
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [
-            line
-            for i, (a, b) in enumerate(zip(old, new, strict=True))
-            for line in _config_diff(a, b, f"{path}[{i}]")
-        ]
-    if old == new:
-        return []
-    return [f"{path}: {json.dumps(old)[:120]} -> {json.dumps(new)[:120]}"]
-
-
-def _model_identity(model: LoadedModel) -> dict[str, Any]:
-    config = model.config
-    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
-    return {
-        "name_or_path": model.name_or_path,
-        "revision": model.revision,
-        # The hub commit the files were resolved to (None for local folders).
-        "commit": getattr(config, "_commit_hash", None),
-        "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
-    }
-
-
-# =============================================================================== result
-
-
-@dataclass
-class EvalResult(ResultMixin):
-    """A finished (or merged) run: per-item records, summary and the manifest."""
-
-    run_dir: Path
-    records: list[dict[str, Any]]
-    summary_data: dict[str, Any]
-    config: dict[str, Any] = field(default_factory=dict)
-    kind = "evaluation"
-    json_fields = ("run_dir",)
-
-    def summary(self) -> dict[str, Any]:
-        return self.summary_data
-
-    def accuracy(self, condition: str = "baseline", scoring: str = "logprob") -> float:
-        return float(self.summary_data["conditions"][condition][scoring]["accuracy"]["value"])
-
-
 # =============================================================================== evaluate
 
 
@@ -745,6 +436,7 @@ def evaluate(
     show_progress: bool = True,
     force: bool = False,
     var_preset: str = "paper",
+    shard: Shard | None = None,
 ) -> EvalResult:
     """Evaluate every condition on ``items`` (the first ``limit``), resumably, into ``out``.
 
@@ -773,6 +465,9 @@ def evaluate(
             (a stale lock, whose process is gone, is taken over anyway).
         var_preset: the VAR preset (``paper`` or ``official``) of ``var`` conditions
             that do not name one.
+        shard: this process's place in a multi-process job, from
+            :func:`analysis.eval.sharding.init_distributed` at the entry point;
+            None (a single process) never touches torch's process group.
     """
     check_settings(
         batch_size=batch_size,
@@ -833,7 +528,7 @@ def evaluate(
     if benchmark is not None:
         identity["benchmark"] = benchmark
     identity = json.loads(json.dumps(identity))  # compare as it reads back from the manifest
-    shard = init_distributed()
+    shard = resolve_shard(shard)
     run = check_output_dir(out, "run folder")
     # One writer per run folder: rank 0 holds the lock for the whole job (the other
     # ranks of a torchrun job write their own parts under it).
@@ -957,17 +652,6 @@ def _evaluate_locked(
     )
 
 
-def _count_records(run: Path, fallback: int) -> int:
-    """Records present in a run folder (``fallback`` when the parts cannot be read)."""
-    try:
-        return len(load_records(run))
-    except (OSError, ValueError):
-        return fallback
-
-
-Pending = tuple[int, Item, list[Condition]]  # (dataset index, item, conditions not yet done)
-
-
 def _conditions(
     conditions: str | Sequence[str | Condition], *, tau: float, rho: float, preset: str = "paper"
 ) -> list[Condition]:
@@ -985,60 +669,6 @@ def _conditions(
     if not parsed or len(set(names)) != len(names):
         raise ValueError(f"Conditions must be non-empty with unique names, got {names}.")
     return parsed
-
-
-def _start_session(
-    run: Path,
-    identity: dict[str, Any],
-    *,
-    model: LoadedModel,
-    find_dims: Callable[[], dict[str, Any] | None],
-    dataset: dict[str, Any],
-    session: dict[str, Any],
-    summary_settings: dict[str, Any],
-) -> None:
-    """Create or check the manifest (rank 0 only) and record this session in it."""
-    manifest = _open_manifest(run, identity)
-    origin = provenance()
-    if "dims" not in manifest:  # a new run: decide the sink dims once, for every session
-        manifest.update(
-            dims=find_dims(),
-            conditions=identity["conditions"],
-            model=model.describe() | _model_identity(model),
-            dataset=dict(dataset, fingerprint=identity["dataset_fingerprint"]),
-            provenance=origin,
-        )
-    manifest["summary_settings"] = summary_settings  # not identity: the latest wins
-    manifest.setdefault("sessions", []).append(
-        {
-            "started": origin["created"],
-            "device": str(model.device),
-            "git_commit": origin["git_commit"],
-            **session,
-        }
-    )
-    # allow_nan=False: NaN is not JSON; validation keeps it out, this keeps it out for sure.
-    write_atomic(run / MANIFEST, json.dumps(manifest, indent=2, allow_nan=False))
-
-
-def _my_batches(
-    run: Path, shard: Shard, selected: list[Item], parsed: list[Condition], batch_size: int
-) -> list[list[Pending]]:
-    """This rank's batches of the items with conditions not done yet.
-
-    Batches are formed over all pending items and then dealt round-robin, so
-    a fresh sharded run puts the same items together as a single process.
-    """
-    repair_part(part_path(run, shard.rank))
-    _barrier(shard)
-    done = {record_key(r) for r in load_records(run)}
-    _barrier(shard)  # nobody appends before everyone has read the same done set
-    todo = [
-        (index, item, [c for c in parsed if (item.id, c.name) not in done])
-        for index, item in enumerate(selected)
-    ]
-    pending = [t for t in todo if t[2]]
-    return list(batched(pending, batch_size))[shard.rank :: shard.world_size]
 
 
 def _run_batch(
@@ -1069,60 +699,6 @@ class _Settings:
     seed: int
     collect_stats: bool
     bench: dict[str, BenchItem] | None = None
-
-
-def _open_manifest(run: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """The run's manifest: new when the folder is new, checked against ``identity`` otherwise."""
-    path = run / MANIFEST
-    if path.is_file():
-        manifest = json.loads(path.read_text())
-        if manifest.get("config") != identity:
-            changes = _config_diff(manifest.get("config", {}), identity)
-            raise EvalError(
-                f"{run} holds a run with a different configuration; refusing to mix results. "
-                f"Use another --out, or the original settings. Differences: {'; '.join(changes)}"
-            )
-        return manifest
-    if run.exists() and any(
-        not p.name.startswith((LOCK, "." + LOCK)) and p.name != DECODED for p in run.iterdir()
-    ):
-        raise EvalError(f"{run} exists, is not empty and has no {MANIFEST}: choose another --out.")
-    run.mkdir(parents=True, exist_ok=True)
-    return {"kind": "vsink-eval", "config": identity}
-
-
-def _resolve_dims(
-    model: LoadedModel,
-    items: Sequence[Item],
-    dims: Sequence[int] | None,
-    n_calibration: int,
-    registry_only: bool = False,
-) -> dict[str, Any]:
-    """Sink dims for the whole run, decided once and stored in the manifest."""
-    from analysis.dims import registry_entry, sink_dims
-    from analysis.tokens import build_inputs
-
-    if dims is not None:
-        return {"dims": sink_dims(model, dims=dims), "source": "explicit", "calibration": []}
-    if registry_only:
-        return {
-            "dims": sink_dims(model, registry_only=True),
-            "source": "registry",
-            "calibration": [],
-        }
-    calibration: list[Item] = []
-    for item in items:
-        if item.image_name not in {c.image_name for c in calibration}:
-            calibration.append(item)
-        if len(calibration) >= n_calibration:
-            break
-    batches = [build_inputs(model, item.image, item.text) for item in calibration]
-    chosen = sink_dims(model, batches)
-    return {
-        "dims": chosen,
-        "source": "registry" if registry_entry(model) is not None else "discovered",
-        "calibration": [item.id for item in calibration],
-    }
 
 
 def _run_condition(
@@ -1239,27 +815,6 @@ def _run_condition(
 # =============================================================================== summary
 
 
-def merge_run(
-    run_dir: str | os.PathLike[str], *, n_boot: int | None = None, level: float | None = None
-) -> EvalResult:
-    """Merge the parts of a run into ``records.jsonl`` and ``summary.json`` (idempotent)."""
-    run = Path(run_dir).expanduser()
-    manifest = read_manifest(run)
-    records = load_records(run)
-    if not records:
-        raise EvalError(f"{run} has no records yet.")
-    settings = manifest.get("summary_settings", {})
-    summary = summarize(
-        records,
-        manifest,
-        n_boot=int(n_boot if n_boot is not None else settings.get("n_boot", 1000)),
-        level=float(level if level is not None else settings.get("level", 0.95)),
-    )
-    write_atomic(run / RECORDS, "".join(json.dumps(r) + "\n" for r in records))
-    write_atomic(run / SUMMARY, json.dumps(summary, indent=2))
-    return EvalResult(run_dir=run, records=records, summary_data=summary, config=manifest)
-
-
 def summarize(
     records: Sequence[dict[str, Any]],
     manifest: dict[str, Any],
@@ -1323,17 +878,6 @@ def summarize(
     if baseline is not None:
         out.update(_prefill_summary(list(baseline.values())))
     return out
-
-
-def expected_items(manifest: dict[str, Any], present: int) -> int:
-    """How many items the run's sessions asked for: the largest ``limit`` (all items when
-    a session had none), at most the dataset's size; ``present`` for an old manifest."""
-    total = manifest.get("config", {}).get("n_dataset_items")
-    sessions = manifest.get("sessions") or []
-    if total is None or not sessions:
-        return present
-    limits = [s.get("limit") for s in sessions]
-    return int(total) if None in limits else min(int(total), max(int(x) for x in limits))
 
 
 def _var_rows(v: dict[str, Any]) -> int:

@@ -3,31 +3,27 @@
 :func:`make_figures` runs the analyses on a set of images (sinks, heads,
 received attention, residual contribution, knock-outs on all of them; the
 per-image views on one "focus" image), draws every figure of
-:mod:`analysis.plots` and writes, per figure, ``NAME.png`` (matplotlib, no
+:mod:`analysis.viz` and writes, per figure, ``NAME.png`` (matplotlib, no
 browser), ``NAME.html`` (interactive, offline: one shared ``plotly.min.js``
 in the folder) and ``NAME.json`` (the result data it was drawn from, with
 the configuration and provenance), plus ``index.html``, ``index.json`` and
 ``README.md``. :func:`compute_results` and :func:`draw_figures` are the two
-halves, reused by :mod:`analysis.report`.
+halves, reused by :mod:`analysis.report`; :mod:`analysis.figure_folder` writes
+the files.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import html
-import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm.auto import tqdm
 
-from analysis import plots
-from analysis.fsio import write_atomic
-from analysis.results import provenance, to_jsonable
+from analysis import viz
+from analysis.config import MIN_IMAGE_ATTENTION, RHO, TAU, P
+from analysis.results import provenance
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -35,6 +31,7 @@ if TYPE_CHECKING:
     from analysis.ablation import AblationResult
     from analysis.capture import AttentionMaps, ReceivedAttention, TokenStates
     from analysis.contribution import ContributionResult
+    from analysis.figure_folder import FigureSet
     from analysis.heads import HeadScores
     from analysis.loading import LoadedModel
     from analysis.sinks import SinkResult
@@ -135,7 +132,8 @@ FIGURES: tuple[FigureSpec, ...] = (
         "image-centric heads (Sec. 5)",
         "Layer x head map of image-centric heads and of r",
         "Per layer and head, the fraction of text queries for which the head is "
-        "image-centric (s >= 0.2 and r >= rho) and the mean visual non-sink ratio r.",
+        f"image-centric (s >= {MIN_IMAGE_ATTENTION:g} and r >= rho) and the mean visual "
+        "non-sink ratio r.",
         ("heads",),
     ),
     FigureSpec(
@@ -213,9 +211,9 @@ def compute_results(
     prompt: str = DEFAULT_PROMPT,
     answers: Sequence[str] = ("yes", "no"),
     dims: Sequence[int] | None = None,
-    tau: float = 20.0,
-    rho: float = 0.5,
-    p: float = 0.6,
+    tau: float = TAU,
+    rho: float = RHO,
+    p: float = P,
     focus: int = 0,
     layer: int | None = None,
     n_queries: int = 4,
@@ -286,7 +284,7 @@ def compute_results(
         # shows both what sinks take and what the image-centric heads look at.
         map_layer = best[0]
     else:
-        map_layer = plots.default_sink_layer(sinks)
+        map_layer = viz.default_sink_layer(sinks)
     states = token_states(model, inputs, layer=map_layer, dims=chosen, tau=tau)
     step("attention maps")
     n_available = int(inputs.layouts[0].queries.sum())
@@ -369,188 +367,29 @@ def draw_figures(
     image = results.focus_image
     sample = results.focus
     draw: dict[str, Callable[[], go.Figure]] = {
-        "fig1_text_attention": lambda: plots.text_attention_overlay(results.text_maps, image),
-        "fig1_sink_map": lambda: plots.phi_overlay(
+        "fig1_text_attention": lambda: viz.text_attention_overlay(results.text_maps, image),
+        "fig1_sink_map": lambda: viz.phi_overlay(
             results.sinks, image, sample=sample, layer=results.config.get("map_layer")
         ),
-        "fig2_hidden_states": lambda: plots.hidden_state_magnitudes(results.states),
-        "fig3a_phi_vs_attention": lambda: plots.phi_vs_attention(results.received),
-        "fig3b_knockout": lambda: plots.knockout_bars(results.ablation),
-        "fig3c_contribution": lambda: plots.contribution_bars(results.contribution),
-        "fig3d_without_sinks": lambda: plots.attention_comparison(
+        "fig2_hidden_states": lambda: viz.hidden_state_magnitudes(results.states),
+        "fig3a_phi_vs_attention": lambda: viz.phi_vs_attention(results.received),
+        "fig3b_knockout": lambda: viz.knockout_bars(results.ablation),
+        "fig3c_contribution": lambda: viz.contribution_bars(results.contribution),
+        "fig3d_without_sinks": lambda: viz.attention_comparison(
             results.text_maps, results.knockout_maps, image
         ),
-        "fig4_head_contrast": lambda: plots.head_contrast(
+        "fig4_head_contrast": lambda: viz.head_contrast(
             results.contrast_maps, results.heads, image
         ),
-        "fig5_var": lambda: plots.var_before_after(results.var, image),
-        "heads_layer_head": lambda: plots.head_maps(results.heads),
-        "sink_counts": lambda: plots.sink_counts(results.sinks),
+        "fig5_var": lambda: viz.var_before_after(results.var, image),
+        "heads_layer_head": lambda: viz.head_maps(results.heads),
+        "sink_counts": lambda: viz.sink_counts(results.sinks),
     }
     chosen = FIGURE_NAMES if names is None else tuple(names)
     unknown = [name for name in chosen if name not in draw]
     if unknown:
         raise ValueError(f"Unknown figure(s) {unknown}; choose from {list(FIGURE_NAMES)}.")
     return {name: draw[name]() for name in chosen}
-
-
-# ----------------------------------------------------------------------------- JSON
-
-
-def _round(value: Any, digits: int = 4) -> Any:
-    """Nested lists of floats with ``digits`` significant digits (NaN -> None)."""
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return None
-        return float(f"{value:.{digits}g}")
-    if isinstance(value, list):
-        return [_round(v, digits) for v in value]
-    return value
-
-
-def _tensor_data(tensor: torch.Tensor) -> Any:
-    if tensor.dtype == torch.bool:
-        return tensor.int().tolist()
-    return _round(to_jsonable(tensor.float()))
-
-
-def result_data(result: Any) -> dict[str, Any]:
-    """A result's JSON summary plus the tensors a figure reads (rounded, JSON-friendly)."""
-    from analysis.heads import HeadScores
-    from analysis.var import VarAttention
-
-    if isinstance(result, VarAttention):
-        return {
-            "kind": result.kind,
-            "before": result_data(result.before),
-            "after": result_data(result.after),
-            "record": result.record.to_json(),
-            "summary": to_jsonable(result.summary()),
-            "config": to_jsonable(result.config),
-        }
-    payload = result.to_json()
-    if isinstance(result, HeadScores):
-        # Per-query s and r are [sample, layer, head, pos]; the figures read per-sample means.
-        tensors = {**result.per_sample(), "has_visual_sink": result.has_visual_sink}
-    else:
-        tensors = {name: getattr(result, name) for name in result.tensor_fields}
-    payload["tensors"] = {
-        name: _tensor_data(value) for name, value in tensors.items() if value is not None
-    }
-    return payload
-
-
-def figure_data(name: str, results: FigureResults) -> dict[str, Any]:
-    """The data a figure was drawn from: its results, cut to what the figure reads.
-
-    Most figures read their results whole; the sink figures read one sample's
-    phi or only the per-layer counts, so their JSON holds just that (with the
-    result's summary and configuration).
-    """
-    spec = {s.name: s for s in FIGURES}[name]
-    sinks = results.sinks
-    if name == "fig1_sink_map":
-        geometry = sinks.layouts[results.focus].geometry
-        payload = sinks.to_json()
-        payload["tensors"] = {
-            "phi_visual": _tensor_data(sinks.phi[results.focus][:, geometry.positions]),
-            "row": geometry.row.tolist(),
-            "col": geometry.col.tolist(),
-        }
-        return {"sinks": payload}
-    if name == "sink_counts":
-        payload = sinks.to_json()
-        payload["tensors"] = {key: value.tolist() for key, value in sinks.counts().items()}
-        return {"sinks": payload}
-    return {key: result_data(getattr(results, key)) for key in spec.results}
-
-
-# ----------------------------------------------------------------------------- output
-
-
-@dataclass
-class FigureFile:
-    """One written figure: its spec and the files (png, html, json) written for it."""
-
-    spec: FigureSpec
-    files: dict[str, Path]
-
-
-@dataclass
-class FigureSet:
-    """What :func:`make_figures` wrote, with the results it drew from."""
-
-    out_dir: Path
-    figures: list[FigureFile]
-    results: FigureResults
-    command: str
-
-    def markdown(self) -> str:
-        """A README for the folder: each figure, the paper figure it reproduces, the command."""
-        from analysis.loading import DEMO_MODEL_DIR
-
-        config = self.results.config
-        model_path = Path(config["model"]["name_or_path"])
-        model = (
-            "the bundled **synthetic** demo model (constructed weights with a planted sink, "
-            "not a trained model; ground truth in `analysis/demo/ground_truth.json`)"
-            if model_path.resolve() == DEMO_MODEL_DIR.resolve()
-            else f"`{config['model']['name_or_path']}`"
-        )
-        lines = [
-            "# Figures",
-            "",
-            f"Made by `{self.command}` (`analysis.figures.make_figures`) on {model} "
-            f"({config['model']['family']}, {config['model']['n_layers']} layers), "
-            f"{len(config['images'])} image(s), prompt *{config['prompt']}*, "
-            f"sink dims {config['dims']}, tau {config['tau']:g}, rho {config['rho']:g}, "
-            f"VAR p {config['p']:g}. Per-image views use `{Path(config['focus_image']).name}`.",
-            "",
-            "Each figure has `NAME.png` (static, matplotlib), `NAME.html` (interactive, offline; "
-            "all share `plotly.min.js` in this folder) and `NAME.json` (the result data it was "
-            "drawn from, with configuration and provenance).",
-            "",
-            "| figure | reproduces | shows | files |",
-            "|---|---|---|---|",
-        ]
-        for item in self.figures:
-            spec = item.spec
-            links = " ".join(f"[{kind}]({path.name})" for kind, path in sorted(item.files.items()))
-            shows = spec.description.replace("|", "\\|")  # |x_d| would split the table row
-            lines.append(f"| `{spec.name}` | {spec.paper} | {shows} | {links} |")
-        lines.append("")
-        for item in self.figures:
-            if "png" in item.files:
-                lines += [
-                    f"## {item.spec.paper}: {item.spec.title}",
-                    "",
-                    f"![{item.spec.name}]({item.files['png'].name})",
-                    "",
-                ]
-        return "\n".join(lines)
-
-    def index_html(self) -> str:
-        cards = []
-        for item in self.figures:
-            spec = item.spec
-            image = (
-                f'<a href="{item.files["html"].name}"><img src="{item.files["png"].name}" '
-                f'alt="{spec.name}"></a>'
-                if "png" in item.files and "html" in item.files
-                else ""
-            )
-            cards.append(
-                f"<section><h2>{html.escape(spec.paper)}: {html.escape(spec.title)}</h2>"
-                f"<p>{html.escape(spec.description)}</p>{image}</section>"
-            )
-        return (
-            "<!doctype html><html><head><meta charset='utf-8'><title>Figures</title><style>"
-            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-            "img{max-width:100%;border:1px solid #ddd}</style></head><body>"
-            f"<h1>Figures</h1><p><code>{html.escape(self.command)}</code></p>"
-            + "".join(cards)
-            + "</body></html>"
-        )
 
 
 def make_figures(
@@ -561,9 +400,9 @@ def make_figures(
     prompt: str = DEFAULT_PROMPT,
     answers: Sequence[str] = ("yes", "no"),
     dims: Sequence[int] | None = None,
-    tau: float = 20.0,
-    rho: float = 0.5,
-    p: float = 0.6,
+    tau: float = TAU,
+    rho: float = RHO,
+    p: float = P,
     focus: int = 0,
     layer: int | None = None,
     n_queries: int = 4,
@@ -602,6 +441,8 @@ def make_figures(
         draws=draws,
         show_progress=show_progress,
     )
+    from analysis.figure_folder import write_figures  # it imports this module
+
     return write_figures(
         results,
         out_dir,
@@ -611,68 +452,3 @@ def make_figures(
         command=command,
         show_progress=show_progress,
     )
-
-
-def write_figures(
-    results: FigureResults,
-    out_dir: str | Path,
-    *,
-    names: Sequence[str] | None = None,
-    formats: Sequence[str] = ("png", "html", "json"),
-    scale: float = 2.0,
-    command: str = "vsink figures",
-    show_progress: bool = True,
-) -> FigureSet:
-    """Draw figures from computed results and write them (PNG, HTML, JSON) plus an index."""
-    unknown = set(formats) - {"png", "html", "json"}
-    if unknown:
-        raise ValueError(f"Unknown format(s) {sorted(unknown)}; use png, html, json.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = draw_figures(results, names)
-    specs = {spec.name: spec for spec in FIGURES}
-    written = []
-    bar = tqdm(figures.items(), desc="writing", disable=not show_progress, leave=False)
-    for name, fig in bar:
-        spec = specs[name]
-        files: dict[str, Path] = {}
-        if "png" in formats:
-            files["png"] = plots.to_png(fig, out / f"{name}.png", scale=scale)
-        if "html" in formats:
-            files["html"] = plots.write_html(
-                fig, out / f"{name}.html", include_plotlyjs="directory"
-            )
-        if "json" in formats:
-            payload = {
-                "figure": name,
-                "paper_figure": spec.paper,
-                "title": spec.title,
-                "description": spec.description,
-                "config": to_jsonable(results.config),
-                "results": figure_data(name, results),
-            }
-            files["json"] = write_atomic(
-                out / f"{name}.json", json.dumps(payload, separators=(",", ":"))
-            )
-        written.append(FigureFile(spec, files))
-    figure_set = FigureSet(out, written, results, command)
-    write_atomic(out / "index.html", figure_set.index_html())
-    write_atomic(
-        out / "index.json",
-        json.dumps(
-            {
-                "command": command,
-                "figures": [
-                    {
-                        **dataclasses.asdict(item.spec),
-                        "files": {k: v.name for k, v in item.files.items()},
-                    }
-                    for item in written
-                ],
-                "config": to_jsonable(results.config),
-            },
-            indent=2,
-        ),
-    )
-    write_atomic(out / "README.md", figure_set.markdown())
-    return figure_set

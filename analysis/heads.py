@@ -27,8 +27,10 @@ from analysis import hooks
 from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook
 from analysis.capture import HookFn, bind, forward, progress
 from analysis.checks import check_settings
+from analysis.config import CI_LEVEL, N_BOOT, SEED
 from analysis.results import ResultMixin, provenance
 from analysis.sinks import DEFAULT_TAU, phi
+from analysis.stats import mean_interval
 from analysis.var_math import image_attention_stats
 
 if TYPE_CHECKING:
@@ -95,26 +97,23 @@ class HeadScores(ResultMixin):
         }
 
     def aggregate(
-        self, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+        self, n_boot: int = N_BOOT, seed: int = SEED, level: float = CI_LEVEL
     ) -> dict[str, torch.Tensor]:
         """Mean and spread over samples per (layer, head), with bootstrap CIs over samples."""
         stats = self.per_sample()
         out: dict[str, torch.Tensor] = {}
-        generator = torch.Generator().manual_seed(seed)
-        n = stats["s"].shape[0]
-        draws = torch.randint(0, n, (n_boot, n), generator=generator)
-        lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
         for name, values in stats.items():
             out[f"{name}_mean"] = values.mean(0)
             out[f"{name}_std"] = values.std(0, unbiased=False)
-            boot = values[draws].mean(1)  # [boot, layer, head]
-            out[f"{name}_lo"] = boot.quantile(lo_q, dim=0)
-            out[f"{name}_hi"] = boot.quantile(hi_q, dim=0)
+            lo, hi = mean_interval(values.double().numpy(), n_boot=n_boot, seed=seed, level=level)
+            out[f"{name}_lo"], out[f"{name}_hi"] = (
+                torch.from_numpy(x).to(values) for x in (lo, hi)
+            )
         return out
 
     def ranked(self, top: int | None = None) -> list[dict[str, Any]]:
         """Heads ordered by the fraction of queries selected, then by mean r."""
-        agg = self.aggregate(n_boot=200)
+        agg = self.aggregate()
         n_layers, n_heads = agg["s_mean"].shape
         # r is 1 by definition where a layer has no visual sink: such heads rank last.
         with_sink = self.has_visual_sink.float().mean(0)

@@ -4,9 +4,17 @@ kaleido needs a Chrome download on a fresh machine, which offline set-ups and
 CI runners do not have; matplotlib renders anywhere. :func:`render` walks a
 plotly figure (subplot domains, traces, axes, shapes, annotations, legend) and
 redraws it, so each figure has one implementation (the plotly one) and the PNG
-follows it. It covers the trace types and options :mod:`analysis.plots` uses:
+follows it. It covers the trace types and options :mod:`analysis.viz` uses:
 Heatmap, Image, Scatter (markers, lines, text, error bars), Bar (grouped,
 error bars, per-bar colours); anything else raises instead of being dropped.
+
+Why this module stays whole (over 500 lines): it is one renderer. Every trace,
+shape, annotation and legend handler draws on the same private ``_Canvas``
+(the axes by plotly subplot pair, the bar slots, the legend entries, the
+paper-to-figure coordinates) and shares the plotly-to-matplotlib conversions (colours,
+colour scales, fonts, cell edges); split by element, each part would import
+the others' private helpers and the canvas would become a public interface
+for no reader's benefit. Its one public entry is :func:`render`.
 """
 
 from __future__ import annotations

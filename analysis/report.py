@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis import plots
+from analysis import viz
+from analysis.config import MAX_NEW_TOKENS, RHO, TAU, P
 from analysis.figures import DEFAULT_PROMPT, FIGURES, FigureResults, compute_results, draw_figures
 from analysis.fsio import write_atomic
 from analysis.results import to_jsonable
@@ -160,12 +161,12 @@ def make_report(
     *,
     answers: Sequence[str] = ("yes", "no"),
     dims: Sequence[int] | None = None,
-    tau: float = 20.0,
-    rho: float = 0.5,
-    p: float = 0.6,
+    tau: float = TAU,
+    rho: float = RHO,
+    p: float = P,
     layer: int | None = None,
     draws: int = 3,
-    max_new_tokens: int = 16,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     show_progress: bool = True,
 ) -> Path:
     """Analyse ``image`` with ``prompt`` and write one offline HTML page to ``out_path``.
@@ -232,7 +233,7 @@ def make_report(
             spec = specs[figure_name]
             parts.append(
                 f"<div class='fig'><h3>{html.escape(spec.title)} ({html.escape(spec.paper)})</h3>"
-                f"<p>{html.escape(spec.description)}</p>{plots.figure_div(figures[figure_name])}</div>"
+                f"<p>{html.escape(spec.description)}</p>{viz.figure_div(figures[figure_name])}</div>"
             )
     parts.append(
         "<h2>Configuration and provenance</h2><details><summary>show</summary><pre>"

@@ -9,6 +9,7 @@ can be traced back to the configuration that produced it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
 import subprocess
@@ -33,7 +34,16 @@ def package_versions() -> dict[str, str]:
 
 
 def git_commit() -> str | None:
-    """The toolkit's git commit when it runs from a checkout (None otherwise)."""
+    """The toolkit's git commit when it runs from a checkout (None otherwise).
+
+    Asked once per process: the checkout does not change under a running
+    process, and every result records it (a ``git`` spawn each would add up).
+    """
+    return _git_commit()
+
+
+@functools.cache
+def _git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],

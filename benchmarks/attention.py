@@ -34,6 +34,12 @@ Memory: each variant once, the peak above what was allocated before the call
 (reset before the call), with glibc's mmap threshold pinned so freed blocks
 go back to the system between variants. Times: variants interleaved (ABBA),
 median of per-repeat ratios (``benchmarks/common.py``).
+
+Why one file of ~800 lines: it is a stand-alone script (not part of the
+``analysis`` package) that the GPU run executes as is, and its sections
+(models, measuring, variants, one case, targets, report) all work on the same
+variant names, shape table and result rows; each section reads top to bottom
+in the order a run goes through them.
 """
 
 from __future__ import annotations
@@ -50,15 +56,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(1, str(HERE.parent))
-
-import torch  # noqa: E402
 
 SHAPES: dict[str, dict[str, Any]] = {
     "llava7b": {"family": "llava", "image_hw": (336, 336)},
@@ -693,7 +693,23 @@ def _pin_malloc() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
+#: The environment of every benchmark run (unless already set): no network, quiet tokenizers.
+RUN_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def set_run_env() -> None:
+    """Apply :data:`RUN_ENV` and make the checkout's ``analysis`` importable without installing.
+
+    Called by :func:`main` before transformers and ``analysis`` are imported (lazily).
+    """
+    for key, value in RUN_ENV.items():
+        os.environ.setdefault(key, value)
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(1, str(HERE.parent))
+
+
 def main(argv: list[str] | None = None) -> int:
+    set_run_env()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")

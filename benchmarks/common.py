@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ DEFAULT_MD = ROOT / "benchmarks" / "RESULTS.md"
 SHAPE_7B: dict[str, int] = {"d_model": 4096, "n_heads": 32, "d_mlp": 11008}
 SINK_DIMS_7B = (1415, 2533)  # the registry's LLaVA-1.5-7B dims, planted below
 N_TEXT_7B = 60  # text tokens around LLaVA-1.5's 576 visual tokens in a short VQA prompt
+
+
+def log(message: str) -> None:
+    """A timestamped progress line on stderr."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- machine

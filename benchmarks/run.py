@@ -28,12 +28,10 @@ median of per-repeat ratios. Results go to ``--out`` (JSON) and ``--md``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,32 +39,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+# `common`, `report` and the `area_*` modules sit next to this file: run as a script, its folder is on sys.path;
+# imported (tests), the importer puts it there.
+import area_parallel
 import common
 import report
 import torch
-from common import BenchModel, Metric
+from area_memory import (
+    FIXED_MMAP_ENV,
+    MEMORY_NS,
+    memory_child,
+    memory_metrics,
+    run_memory_children,
+)
+from common import BenchModel, Metric, log
 
 AREAS = ("forward", "generation", "memory", "batch", "parallel")
 MODELS = ("llava7b_shape", "demo")
-MEMORY_NS = (1, 8, 32)
 NEW_TOKENS = 32
 
 # Targets from the issue (#9).
 HOOKED_VS_PLAIN_MAX = 1.05
 VAR_PREFILL_MAX = 1.10
 VAR_GENERATION_MIN = 0.90
-MEMORY_FLAT_MAX = 1.10  # peak(N=32) / peak(N=1)
-MEMORY_PER_IMAGE_MAX_FRACTION = 0.10  # extra bytes per image / full pattern cache per image
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # =============================================================================== forward
@@ -245,209 +240,6 @@ def bench_generation(
     ]
 
 
-# =============================================================================== memory
-
-
-def _rss_bytes(field: str) -> int | None:
-    """VmRSS / VmHWM of this process from /proc (Linux), in bytes."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS, so the peak excludes model loading (Linux >= 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def memory_child(
-    n_images: int, device: torch.device, dtype: torch.dtype, bm: BenchModel | None = None
-) -> dict[str, Any]:
-    """Peak memory of score_heads + find_sinks over ``n_images`` images (one process per N).
-
-    ``bm`` reuses a loaded demo model (smoke runs only: the numbers then mean little).
-    """
-    import resource
-
-    from analysis.heads import score_heads
-    from analysis.sinks import find_sinks
-    from analysis.tokens import build_inputs
-
-    bm = bm or common.load_demo(device, dtype)
-    loaded = bm.loaded
-    questions = common.demo_questions()
-    batches = [
-        build_inputs(loaded, common.demo_image(q["image"]), q["text"])
-        for q in (questions[i % len(questions)] for i in range(n_images))
-    ]
-    n_pos = max(int(b.input_ids.shape[1]) for b in batches)
-    # Warm up allocator and lazy imports on one image so N = 1 is not charged for them.
-    find_sinks(loaded, batches[0], dims=bm.dims)
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    base_rss = _rss_bytes("VmRSS")
-    reset = _reset_peak_rss()
-
-    heads = score_heads(loaded, batches, dims=bm.dims, show_progress=False)
-    sinks = [find_sinks(loaded, batch, dims=bm.dims) for batch in batches]
-
-    out: dict[str, Any] = {
-        "n_images": n_images,
-        "n_pos": n_pos,
-        "n_layers": loaded.n_layers,
-        "n_heads": loaded.n_heads,
-        "kept_results_bytes": sum(t.numel() * t.element_size() for t in (heads.s, heads.r))
-        + sum(s.phi.numel() * s.phi.element_size() for s in sinks),
-        "rss_before_bytes": base_rss,
-        "peak_rss_bytes": _rss_bytes("VmHWM") if reset else None,
-        "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "peak_reset": reset,
-    }
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        out["cuda_base_bytes"] = base
-        out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
-    return out
-
-
-# glibc raises its mmap threshold each time a large mmapped block is freed, so the
-# transient activations of later forwards land on the heap, where the small results
-# kept per image pin them: RSS then grows with N although the data held does not.
-# Pinning the threshold (glibc's own default start value) turns that off, which
-# separates what the analysis holds from what the allocator keeps.
-FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-
-
-def run_memory_children(
-    ns: Sequence[int],
-    device: torch.device,
-    dtype: torch.dtype,
-    extra_env: dict[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    rows = []
-    env = {**os.environ, **(extra_env or {})}
-    for n in ns:
-        log(f"memory: fresh process for N = {n} {extra_env or ''}")
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "memory-child",
-            "--n",
-            str(n),
-            "--device",
-            str(device),
-            "--dtype",
-            str(dtype).removeprefix("torch."),
-            "--threads",
-            str(torch.get_num_threads()),
-        ]
-        out = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-        if out.returncode != 0:
-            raise RuntimeError(f"memory child N={n} failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    return rows
-
-
-def memory_metrics(
-    rows: list[dict[str, Any]], device: torch.device, *, variant: str = ""
-) -> list[Metric]:
-    """Peak per N, flatness and extra memory per image vs the full pattern cache.
-
-    ``variant`` suffixes the metric ids (``fixed_mmap``: glibc threshold pinned).
-    """
-    mib = 2**20
-    rows = sorted(rows, key=lambda r: r["n_images"])
-    suffix = f"_{variant}" if variant else ""
-    label = " (glibc mmap threshold pinned)" if variant else ""
-    if device.type == "cuda":
-        peaks = {r["n_images"]: r["cuda_peak_bytes"] for r in rows}
-        analysis = {r["n_images"]: r["cuda_peak_bytes"] - r["cuda_base_bytes"] for r in rows}
-        kind = "CUDA max_memory_allocated"
-    else:
-        peaks = {r["n_images"]: r["peak_rss_bytes"] or r["ru_maxrss_bytes"] for r in rows}
-        analysis = {r["n_images"]: peaks[r["n_images"]] - r["rss_before_bytes"] for r in rows}
-        kind = "process peak RSS (VmHWM, reset after model load and input building)"
-    first, last = rows[0], rows[-1]
-    n_lo, n_hi = first["n_images"], last["n_images"]
-    # What capture(patterns=True) keeps: float32 [layer, head, query, key] per image.
-    cache = last["n_layers"] * last["n_heads"] * last["n_pos"] ** 2 * 4
-    cache_7b = 32 * 32 * (576 + common.N_TEXT_7B) ** 2 * 2  # LLaVA-1.5-7B, fp16
-    span = max(n_hi - n_lo, 1)
-    per_image = (peaks[n_hi] - peaks[n_lo]) / span
-    per_image_analysis = (analysis[n_hi] - analysis[n_lo]) / span
-    inputs_per_image = (last["rss_before_bytes"] - first["rss_before_bytes"]) / span
-    details = {
-        "measure": kind + label,
-        "allocator_env": FIXED_MMAP_ENV if variant else {},
-        "peak_mib": {str(n): round(v / mib, 1) for n, v in peaks.items()},
-        "analysis_increment_mib": {str(n): round(v / mib, 1) for n, v in analysis.items()},
-        "extra_per_image_analysis_only_mib": round(per_image_analysis / mib, 3),
-        "inputs_held_per_image_mib": round(inputs_per_image / mib, 3),
-        "full_pattern_cache_per_image_mib": round(cache / mib, 1),
-        "full_pattern_cache_per_image_llava15_7b_fp16_mib": round(cache_7b / mib, 1),
-        "kept_results_per_image_mib": round(last["kept_results_bytes"] / n_hi / mib, 3),
-        "rows": rows,
-    }
-    out = [
-        Metric(
-            id=f"memory.peak_n{n}{suffix}.demo",
-            area="memory",
-            model="demo",
-            name=f"score_heads + find_sinks over N = {n} images: peak memory{label}",
-            value=round(peaks[n] / mib, 1),
-            unit="MiB",
-            details={"analysis_increment_mib": round(analysis[n] / mib, 1)},
-        )
-        for n in sorted(peaks)
-    ]
-    out += [
-        Metric(
-            id=f"memory.flat{suffix}.demo",
-            area="memory",
-            model="demo",
-            name=f"peak memory N = {n_hi} / N = {n_lo}{label}",
-            value=peaks[n_hi] / peaks[n_lo],
-            unit="x",
-            op="<=",
-            threshold=MEMORY_FLAT_MAX,
-            details=details,
-        ),
-        Metric(
-            id=f"memory.extra_per_image{suffix}.demo",
-            area="memory",
-            model="demo",
-            name=f"extra peak memory per image (slope N = {n_lo} .. {n_hi}, inputs included){label}",
-            value=round(per_image / mib, 3),
-            unit="MiB",
-            op="<=",
-            threshold=round(MEMORY_PER_IMAGE_MAX_FRACTION * cache / mib, 3),
-            details=details,
-        ),
-    ]
-    if not variant:
-        out.append(
-            Metric(
-                id="memory.pattern_cache_per_image.demo",
-                area="memory",
-                model="demo",
-                name="full [layer, head, query, key] pattern cache per image (float32)",
-                value=round(cache / mib, 1),
-                unit="MiB",
-                details={"llava15_7b_fp16_mib": round(cache_7b / mib, 1)},
-            )
-        )
-    return out
-
-
 # =============================================================================== batch
 
 
@@ -507,124 +299,6 @@ def bench_batch(
     ]
 
 
-# =============================================================================== parallel
-
-
-def _count_records(run_dir: Path) -> int:
-    total = 0
-    for part in run_dir.glob("part-*.jsonl"):
-        with contextlib.suppress(OSError):
-            total += part.read_bytes().count(b"\n")
-    return total
-
-
-def _run_eval(command: list[str], env: dict[str, str], run_dir: Path) -> dict[str, Any]:
-    """Run ``vsink eval`` and time it: end to end, and from its first record to its last.
-
-    The runner appends (and fsyncs) records as it goes, so polling the part files
-    gives the steady throughput without the process start and model load.
-    """
-    stamps: list[tuple[float, int]] = []
-    with tempfile.TemporaryFile() as errors:
-        start = time.perf_counter()
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
-        while proc.poll() is None:
-            count = _count_records(run_dir)
-            if count and (not stamps or count != stamps[-1][1]):
-                stamps.append((time.perf_counter() - start, count))
-            time.sleep(0.05)
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            errors.seek(0)
-            tail = errors.read().decode(errors="replace")[-3000:]
-            raise RuntimeError(f"vsink eval failed ({' '.join(command)}):\n{tail}")
-    final = _count_records(run_dir)
-    if not stamps or stamps[-1][1] != final:
-        stamps.append((seconds, final))
-    (t_first, c_first), (t_last, c_last) = stamps[0], stamps[-1]
-    steady = (c_last - c_first) / (t_last - t_first) if t_last > t_first else float("nan")
-    return {"seconds": seconds, "records": final, "records_per_s_steady": steady}
-
-
-def bench_parallel(
-    *, device: torch.device, dtype: torch.dtype, n_items: int, workdir: Path, repeats: int
-) -> list[Metric]:
-    """``vsink eval`` on the demo questions: one process vs two (torchrun), same machine."""
-    conditions = ["baseline", "var"]
-    base = [
-        "--questions",
-        str(common.DEMO_DIR / "questions.jsonl"),
-        "--images",
-        str(common.DEMO_DIR / "images"),
-        "--conditions",
-        ",".join(conditions),
-        "--dims",  # the registry/ground-truth dims: no discovery pass in the timing
-        ",".join(str(d) for d in common.demo_dims()),
-        "--limit",
-        str(n_items),
-        "--batch-size",
-        "1",
-        "--no-progress",
-        "--device",
-        str(device),
-        "--dtype",
-        str(dtype).removeprefix("torch."),
-    ]
-    vsink = [sys.executable, "-m", "analysis.cli", "eval"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    # The cores this process may use, not --threads: both layouts get the same hardware.
-    threads = common.usable_cores()
-    # one: a process using every core as threads; two: two processes (torchrun), the
-    # cores split between them, so both layouts get the same hardware; one_1t: one
-    # process, one thread, the unit for per-process scaling.
-    layouts = {"one": threads, "two": max(threads // 2, 1), "one_1t": 1}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
-    for repeat in range(repeats):
-        order = list(layouts) if repeat % 2 == 0 else list(reversed(layouts))
-        for name in order:
-            run_dir = workdir / f"eval_{name}_{repeat}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            env = dict(os.environ, OMP_NUM_THREADS=str(layouts[name]))
-            if name == "two":
-                command = [*torchrun, "--nproc-per-node", "2", "-m", "analysis.cli", "eval"]
-                command += [*base, "--out", str(run_dir)]
-            else:
-                command = [*vsink, *base, "--out", str(run_dir)]
-            log(f"parallel: {name}, {n_items} items, repeat {repeat + 1}/{repeats}")
-            runs[name].append(_run_eval(command, env, run_dir))
-            if runs[name][-1]["records"] != n_items * len(conditions):
-                raise RuntimeError(
-                    f"vsink eval ({name}) wrote {runs[name][-1]['records']} records."
-                )
-    steady = {n: [r["records_per_s_steady"] for r in rs] for n, rs in runs.items()}
-    seconds = {n: [r["seconds"] for r in rs] for n, rs in runs.items()}
-    per_item = len(conditions)
-    return [
-        Metric(
-            id="parallel.items_per_s_2proc_vs_1.demo",
-            area="parallel",
-            model="demo",
-            name="vsink eval items/s, 2 processes (torchrun) / 1 process, steady state",
-            value=common.paired_ratio(steady, "two", "one"),
-            unit="x",
-            details={
-                "items": n_items,
-                "conditions": ",".join(conditions),
-                "items_per_s_steady": {n: common.median(v) / per_item for n, v in steady.items()},
-                "items_per_s_end_to_end": {
-                    n: n_items / common.median(v) for n, v in seconds.items()
-                },
-                "ratio_end_to_end": common.paired_ratio(seconds, "one", "two"),
-                "ratio_two_vs_one_single_thread": common.paired_ratio(steady, "two", "one_1t"),
-                "ratio_threads_vs_single_thread": common.paired_ratio(steady, "one", "one_1t"),
-                "threads_per_layout": layouts,
-                "runs": runs,
-                "threads_total": threads,
-            },
-        )
-    ]
-
-
 # =============================================================================== driver
 
 
@@ -670,7 +344,18 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: The environment of every benchmark run (unless already set): no network, quiet tokenizers.
+RUN_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def set_run_env() -> None:
+    """Apply :data:`RUN_ENV`; before transformers is imported (every area imports it lazily)."""
+    for key, value in RUN_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    set_run_env()
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -749,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "parallel" in areas and device.type == "cuda" and torch.cuda.device_count() < 2:
             notes.append("parallel: skipped, two processes need two GPUs (one per rank).")
         elif "parallel" in areas:
-            metrics += bench_parallel(
+            metrics += area_parallel.bench_parallel(
                 device=device,
                 dtype=dtype,
                 n_items=conf["parallel_items"],

@@ -22,19 +22,21 @@
 # It runs on the bundled **synthetic** demo model (constructed weights with a
 # planted sink); set `VSINK_MODEL` to an HF id or a local folder to run it on a
 # real checkpoint, and `VSINK_IMAGES` to a folder of your images.
+#
+# `VSINK_DEVICE` and `VSINK_DTYPE` (e.g. `cuda`, `bfloat16`) choose where and in
+# which precision the model loads; every setting: `analysis.notebook`.
 
 # %%
-import os
-
 from analysis import plots
 from analysis.capture import token_states
 from analysis.dims import discover_dims, registry_entry
-from analysis.loading import DEMO_MODEL_DIR, load_model
+from analysis.loading import load_model
+from analysis.notebook import setup
 from analysis.tokens import build_inputs, collect_images
 
-MODEL = os.environ.get("VSINK_MODEL", str(DEMO_MODEL_DIR))
-IMAGES = collect_images(os.environ.get("VSINK_IMAGES", str(DEMO_MODEL_DIR.parent / "images")))
-model = load_model(MODEL, device=os.environ.get("VSINK_DEVICE"))
+SETTINGS = setup()
+IMAGES = collect_images(SETTINGS.images)
+model = load_model(SETTINGS.model, device=SETTINGS.device, dtype=SETTINGS.dtype)
 print(model.describe())
 
 # %% [markdown]

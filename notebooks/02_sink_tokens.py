@@ -18,24 +18,28 @@
 # tokens among the image tokens; they draw attention from every text token
 # (paper figure 1) while sitting on the background. On the synthetic demo
 # model the planted sink patches are known, so the classifier can be scored.
+#
+# `VSINK_DEVICE` and `VSINK_DTYPE` (e.g. `cuda`, `bfloat16`) choose where and in
+# which precision the model loads; every setting: `analysis.notebook`.
 
 # %%
 import json
-import os
 
 import torch
 
 from analysis import plots
 from analysis.capture import attention_maps, attention_received
+from analysis.config import TAU
 from analysis.dims import sink_dims
 from analysis.loading import DEMO_MODEL_DIR, load_model
+from analysis.notebook import setup
 from analysis.sinks import find_sinks, tau_sweep, validate_sinks
 from analysis.tokens import build_inputs, collect_images
 
-MODEL = os.environ.get("VSINK_MODEL", str(DEMO_MODEL_DIR))
-IMAGES = collect_images(os.environ.get("VSINK_IMAGES", str(DEMO_MODEL_DIR.parent / "images")))
+SETTINGS = setup()
+IMAGES = collect_images(SETTINGS.images)
 PROMPT = "Is there a red object in the image?"
-model = load_model(MODEL, device=os.environ.get("VSINK_DEVICE"))
+model = load_model(SETTINGS.model, device=SETTINGS.device, dtype=SETTINGS.dtype)
 inputs = build_inputs(model, IMAGES[0], PROMPT)
 dims = sink_dims(model, [build_inputs(model, p, PROMPT) for p in IMAGES[:4]])
 print("sink dims:", dims)
@@ -44,7 +48,7 @@ print("sink dims:", dims)
 # ## phi at every layer input
 
 # %%
-sinks = find_sinks(model, inputs, dims=dims, tau=20)
+sinks = find_sinks(model, inputs, dims=dims, tau=TAU)
 print("visual sinks per layer:", sinks.counts()["visual"][0].tolist())
 print("text sinks per layer:  ", sinks.counts()["text"][0].tolist())
 print("layers with visual sinks:", sinks.sink_layers())
@@ -58,7 +62,7 @@ plots.sink_counts(sinks)
 
 # %%
 truth_file = DEMO_MODEL_DIR.parent / "ground_truth.json"
-if truth_file.is_file() and DEMO_MODEL_DIR.samefile(MODEL):
+if truth_file.is_file() and SETTINGS.is_demo:
     truth = json.loads(truth_file.read_text())
     planted = {tuple(c) for c in truth["images"][IMAGES[0].name]["sink_patches"]}
     geometry = inputs.layouts[0].geometry
@@ -80,7 +84,7 @@ if truth_file.is_file() and DEMO_MODEL_DIR.samefile(MODEL):
 # %%
 layer = sinks.sink_layers()[0] if sinks.sink_layers() else model.n_layers // 2
 maps = attention_maps(
-    model, inputs, views=[(layer, None)], queries=[-4, -3, -2, -1], dims=dims, tau=20
+    model, inputs, views=[(layer, None)], queries=[-4, -3, -2, -1], dims=dims, tau=TAU
 )
 plots.text_attention_overlay(maps, IMAGES[0])
 
@@ -88,5 +92,5 @@ plots.text_attention_overlay(maps, IMAGES[0])
 # ## High phi, high attention (paper figure 3a)
 
 # %%
-received = attention_received(model, inputs, dims=dims, tau=20)
+received = attention_received(model, inputs, dims=dims, tau=TAU)
 plots.phi_vs_attention(received)

@@ -21,22 +21,24 @@
 #
 # Runs on the bundled **synthetic** demo model unless `VSINK_MODEL` is set; its
 # planted image-centric heads are (2, 1) and (3, 2).
+#
+# `VSINK_DEVICE` and `VSINK_DTYPE` (e.g. `cuda`, `bfloat16`) choose where and in
+# which precision the model loads; every setting: `analysis.notebook`.
 
 # %%
-import os
-
 from analysis import plots
 from analysis.capture import attention_maps
 from analysis.dims import sink_dims
 from analysis.figures import contrast_heads
 from analysis.heads import score_heads
-from analysis.loading import DEMO_MODEL_DIR, load_model
+from analysis.loading import load_model
+from analysis.notebook import setup
 from analysis.tokens import build_inputs, collect_images
 
-MODEL = os.environ.get("VSINK_MODEL", str(DEMO_MODEL_DIR))
-IMAGES = collect_images(os.environ.get("VSINK_IMAGES", str(DEMO_MODEL_DIR.parent / "images")))
+SETTINGS = setup()
+IMAGES = collect_images(SETTINGS.images)
 PROMPT = "Is there a red object in the image?"
-model = load_model(MODEL, device=os.environ.get("VSINK_DEVICE"))
+model = load_model(SETTINGS.model, device=SETTINGS.device, dtype=SETTINGS.dtype)
 inputs = [build_inputs(model, path, PROMPT) for path in IMAGES]
 dims = sink_dims(model, inputs[:4])
 

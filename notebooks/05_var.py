@@ -20,25 +20,28 @@
 # generation with a KV cache.
 #
 # Runs on the bundled **synthetic** demo model unless `VSINK_MODEL` is set.
+#
+# `VSINK_DEVICE` and `VSINK_DTYPE` (e.g. `cuda`, `bfloat16`) choose where and in
+# which precision the model loads; every setting: `analysis.notebook`.
 
 # %%
-import os
-
 from analysis import plots
+from analysis.config import RHO, P
 from analysis.dims import sink_dims
 from analysis.generation import answer_logprobs, describe_generation, generate
 from analysis.heads import score_heads
-from analysis.loading import DEMO_MODEL_DIR, load_model
+from analysis.loading import load_model
+from analysis.notebook import setup
 from analysis.tokens import build_batch, collect_images
 from analysis.var import VarConfig, VarIntervention, run_with_var, var_attention
 
-MODEL = os.environ.get("VSINK_MODEL", str(DEMO_MODEL_DIR))
-IMAGES = collect_images(os.environ.get("VSINK_IMAGES", str(DEMO_MODEL_DIR.parent / "images")))
+SETTINGS = setup()
+IMAGES = collect_images(SETTINGS.images)
 PROMPT = "Is there a red object in the image?"
-model = load_model(MODEL, device=os.environ.get("VSINK_DEVICE"))
+model = load_model(SETTINGS.model, device=SETTINGS.device, dtype=SETTINGS.dtype)
 inputs = build_batch(model, [(path, PROMPT) for path in IMAGES[:4]])
 dims = sink_dims(model, inputs)
-config = VarConfig(p=0.6, rho=0.5)
+config = VarConfig(p=P, rho=RHO)
 
 # %% [markdown]
 # ## One forward pass with VAR: what changed, per layer

@@ -25,36 +25,33 @@
 # and its 32 yes/no questions, so that it executes anywhere (and in the tests).
 # On LLaVA-1.5-7B expect the registry's sink dims [1415, 2533] (LLaMA-2-7B),
 # tens of visual sinks per image from layer 2 on, and VAR changing a small
-# share of the rows.
+# share of the rows. Every `VSINK_*` setting is read by `analysis.notebook.setup()`.
 
 # %%
-import os
 import tempfile
 
+from analysis.config import MAX_NEW_TOKENS, RHO, P
 from analysis.datasets import read_pope
 from analysis.dims import discover_dims, registry_entry, sink_dims
 from analysis.evaluation import evaluate, summary_rows
 from analysis.generation import describe_generation, generate
 from analysis.heads import score_heads
-from analysis.loading import DEMO_MODEL_DIR, load_model
+from analysis.loading import load_model
+from analysis.notebook import setup
 from analysis.sinks import find_sinks
 from analysis.tokens import build_inputs, describe_layout
 from analysis.var import VarConfig, VarIntervention
 
-MODEL = os.environ.get("VSINK_MODEL", str(DEMO_MODEL_DIR))
-QUESTIONS = os.environ.get("VSINK_QUESTIONS", str(DEMO_MODEL_DIR.parent / "questions.jsonl"))
-IMAGE_ROOT = os.environ.get("VSINK_IMAGES", str(DEMO_MODEL_DIR.parent / "images"))
-LIMIT = int(os.environ.get("VSINK_LIMIT", "16"))
-model = load_model(
-    MODEL, device=os.environ.get("VSINK_DEVICE"), dtype=os.environ.get("VSINK_DTYPE")
-)
+SETTINGS = setup()
+print(SETTINGS.describe())
+model = load_model(SETTINGS.model, device=SETTINGS.device, dtype=SETTINGS.dtype)
 print(model.describe())
 
 # %% [markdown]
 # ## Token layout of one item
 
 # %%
-items = read_pope(QUESTIONS, IMAGE_ROOT, limit=LIMIT)
+items = read_pope(SETTINGS.questions, SETTINGS.images, limit=SETTINGS.limit)
 inputs = build_inputs(model, items[0].image, items[0].text)
 print(describe_layout(inputs.layouts[0]))
 
@@ -81,15 +78,12 @@ print("image-centric heads:", scores.image_centric_heads()[:10])
 # ## Generation with and without VAR
 
 # %%
-config = VarConfig(p=0.6, rho=0.5)
-print("baseline:", describe_generation(model, generate(model, inputs, max_new_tokens=16)))
+config = VarConfig(p=P, rho=RHO)
+baseline = generate(model, inputs, max_new_tokens=MAX_NEW_TOKENS)
 var = VarIntervention(model, inputs, dims=dims, config=config)
-print(
-    "VAR:",
-    describe_generation(
-        model, generate(model, inputs, max_new_tokens=16, fwd_hooks=var.fwd_hooks())
-    ),
-)
+redistributed = generate(model, inputs, max_new_tokens=MAX_NEW_TOKENS, fwd_hooks=var.fwd_hooks())
+print("baseline:", describe_generation(model, baseline))
+print("VAR:     ", describe_generation(model, redistributed))
 
 # %% [markdown]
 # ## A small POPE run: baseline, VAR, sink and random knock-outs
@@ -97,7 +91,7 @@ print(
 # the same call resumes. Use `vsink eval` (and `torchrun`) for full runs.
 
 # %%
-run_dir = os.environ.get("VSINK_RUN_DIR", tempfile.mkdtemp(prefix="vsink-run-"))
+run_dir = SETTINGS.run_dir or tempfile.mkdtemp(prefix="vsink-run-")
 result = evaluate(
     model,
     items,

@@ -7,6 +7,8 @@ that every area produces its metrics and that the Markdown report renders.
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,9 +82,9 @@ def test_parallel_metric_from_runs(
         two = "--nproc-per-node" in command
         return {"seconds": 10.0, "records": 8, "records_per_s_steady": 2.0 if two else 1.0}
 
-    monkeypatch.setattr(bench, "_run_eval", fake_run)
+    monkeypatch.setattr(bench.area_parallel, "_run_eval", fake_run)
     device, dtype = bench.common.resolve("cpu", None)
-    (metric,) = bench.bench_parallel(
+    (metric,) = bench.area_parallel.bench_parallel(
         device=device, dtype=dtype, n_items=4, workdir=tmp_path, repeats=1
     )
     assert metric.id == "parallel.items_per_s_2proc_vs_1.demo"
@@ -107,3 +109,21 @@ def test_planted_sinks_in_the_7b_shaped_builder(bench: Any, tmp_path: Path) -> N
     counts = find_sinks(model, inputs, dims=[0]).counts()["visual"][0]
     assert (counts > 0).all()
     assert (counts < 0.1 * int(inputs.visual.sum())).all()
+
+
+@pytest.mark.parametrize("script", ["run", "attention"])
+def test_importing_a_benchmark_changes_no_process_state(script: str) -> None:
+    """sys.path and os.environ are set by the scripts' main(), not on import."""
+    probe = (
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(BENCH_DIR)!r})\n"
+        "path, env = list(sys.path), dict(os.environ)\n"
+        f"import {script}\n"
+        "assert sys.path == path, set(sys.path) ^ set(path)\n"
+        "assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENIZERS_PARALLELISM",)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

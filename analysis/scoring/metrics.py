@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from analysis.evaluation import bootstrap_indices, percentile_interval
+from analysis.config import CI_LEVEL, N_BOOT, SEED
 from analysis.scoring.answers import normalize_vqa
+from analysis.stats import bootstrap_indices, interval, paired_difference
 
 MME_PERCEPTION = (
     "existence",
@@ -182,14 +183,16 @@ def paired_bootstrap(
     baseline: Sequence[Unit],
     others: Mapping[str, Sequence[Unit]],
     *,
-    n_boot: int,
-    seed: int,
-    level: float = 0.95,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+    level: float = CI_LEVEL,
 ) -> dict[str, Any]:
     """Each metric with its percentile CI per condition, and each condition's paired
     difference against the baseline (same resampled units for both).
 
     Units must be aligned: unit ``i`` of every condition is the same image / group.
+    The draws are :func:`analysis.stats.bootstrap_indices`, the same as the
+    per-item bootstrap of the POPE summaries for the same n and seed.
     """
     n = len(baseline)
     if n == 0:
@@ -197,32 +200,28 @@ def paired_bootstrap(
     for name, units in others.items():
         if len(units) != n:
             raise ValueError(f"condition {name!r} has {len(units)} units, the baseline {n}.")
-    # The same draws as the per-item bootstrap of the POPE summaries (same n, seed).
     draws = bootstrap_indices(n, n_boot, seed)
-
-    def interval(
-        samples: Sequence[Mapping[str, float]], point: Mapping[str, float]
-    ) -> dict[str, Any]:
-        out = {}
-        for key, value in point.items():
-            # A resample can miss a whole category (MME, CV-Bench): that draw has no value.
-            column = np.array([s.get(key, np.nan) for s in samples], dtype=float)
-            lo, hi = percentile_interval(column[np.isfinite(column)], level)
-            out[key] = {"value": float(value), "lo": lo, "hi": hi}
-        return out
-
     conditions = {"baseline": list(baseline), **{k: list(v) for k, v in others.items()}}
+    points = {name: dict(metric(units)) for name, units in conditions.items()}
     samples = {
         name: [metric([units[i] for i in row]) for row in draws]
         for name, units in conditions.items()
     }
-    points = {name: dict(metric(units)) for name, units in conditions.items()}
-    result: dict[str, Any] = {name: interval(samples[name], points[name]) for name in conditions}
+
+    def column(name: str, key: str) -> np.ndarray:
+        # A resample can miss a whole category (MME, CV-Bench): that draw has no value.
+        return np.array([s.get(key, np.nan) for s in samples[name]], dtype=float)
+
+    result: dict[str, Any] = {
+        name: {key: interval(value, column(name, key), level) for key, value in point.items()}
+        for name, point in points.items()
+    }
+    base = points["baseline"]
     for name in others:
-        diff_point = {k: points[name][k] - points["baseline"][k] for k in points["baseline"]}
-        diff_samples = [
-            {k: s.get(k, np.nan) - b.get(k, np.nan) for k in b}
-            for s, b in zip(samples[name], samples["baseline"], strict=True)
-        ]
-        result[f"{name} - baseline"] = interval(diff_samples, diff_point)
+        result[f"{name} - baseline"] = {
+            key: paired_difference(
+                points[name][key], base[key], column(name, key), column("baseline", key), level
+            )
+            for key in base
+        }
     return result

@@ -140,7 +140,7 @@ def benchmark_summary(
 
     Only items scored in every condition enter (units stay aligned across conditions).
     """
-    from analysis.evaluation import mcnemar_exact
+    from analysis.stats import mcnemar_exact
 
     first = next((r for rows in by_condition.values() for r in rows.values()), None)
     if first is None or "benchmark" not in first:

@@ -1,7 +1,8 @@
 """One :class:`Task` per benchmark: how a generated answer is scored and which metric counts it.
 
-Adding a benchmark is one entry in :data:`TASKS` (a reader in
-:mod:`analysis.scoring.readers` if its file layout is new).
+Adding a benchmark is one entry in :data:`TASKS` (and a reader module in
+:mod:`analysis.scoring.readers` if its file layout is new; it lists the
+benchmark among those it serves).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from analysis.errors import UserInputError
 from analysis.scoring.answers import parse_choice, parse_yes_no_prefix
 from analysis.scoring.metrics import (
     METRICS,
@@ -77,5 +79,5 @@ TASKS: dict[str, Task] = {
 
 def task(name: str) -> Task:
     if name not in TASKS:
-        raise ValueError(f"Unknown benchmark {name!r}; choose from {', '.join(TASKS)}.")
+        raise UserInputError(f"Unknown benchmark {name!r}; choose from {', '.join(TASKS)}.")
     return TASKS[name]
