@@ -31,9 +31,11 @@ from analysis import hooks
 from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook, score_mask_hook
 from analysis.capture import HookFn
 from analysis.checks import check_settings
+from analysis.config import DRAWS, SEED, TAU
+from analysis.errors import UserInputError
 from analysis.generation import answer_logprobs, kl_divergence
+from analysis.interventions.base import PrefillState, SinkTracker
 from analysis.results import ResultMixin, provenance
-from analysis.sinks import DEFAULT_TAU, phi
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
@@ -85,24 +87,24 @@ class KnockOut:
         *,
         target: Target,
         dims: Sequence[int] | None = None,
-        tau: float = DEFAULT_TAU,
+        tau: float = TAU,
         mode: Mode = "pre",
         layers: Sequence[int] | None = None,
         queries: Bool[torch.Tensor, "batch pos"] | None = None,
         positions: Sequence[int] | None = None,
-        seed: int = 0,
+        seed: int = SEED,
         draw: int = 0,
         sample_keys: Sequence[str | int] | None = None,
     ) -> None:
         if target not in TARGETS:
-            raise ValueError(f"Unknown target {target!r}; choose from {TARGETS}.")
+            raise UserInputError(f"Unknown target {target!r}; choose from {TARGETS}.")
         check_settings(tau=tau, seed=seed)
         if mode not in ("pre", "post"):
-            raise ValueError(f"Unknown mode {mode!r}; use 'pre' or 'post'.")
+            raise UserInputError(f"Unknown mode {mode!r}; use 'pre' or 'post'.")
         if target in ("sinks", "random", "nonsink") and not dims:
-            raise ValueError(f"target={target!r} needs sink dims.")
+            raise UserInputError(f"target={target!r} needs sink dims.")
         if target == "positions" and not positions:
-            raise ValueError("target='positions' needs a non-empty positions list.")
+            raise UserInputError("target='positions' needs a non-empty positions list.")
         self.model, self.target, self.mode, self.tau = model, target, mode, tau
         self.dims = None if dims is None else [int(d) for d in dims]
         self.layers = (
@@ -110,7 +112,7 @@ class KnockOut:
         )
         bad = [x for x in self.layers if not 0 <= x < model.n_layers]
         if bad:
-            raise ValueError(
+            raise UserInputError(
                 f"Knock-out layers {bad} out of range (the model has {model.n_layers} layers)."
             )
         self.prefill_len = int(inputs.input_ids.shape[1])
@@ -123,16 +125,24 @@ class KnockOut:
             list(range(self.valid.shape[0])) if sample_keys is None else list(sample_keys)
         )
         if len(self.sample_keys) != self.valid.shape[0]:
-            raise ValueError(
+            raise UserInputError(
                 f"{len(self.sample_keys)} sample keys for a batch of {self.valid.shape[0]}."
             )
         self.keys: dict[int, torch.Tensor] = {}
-        self._seen: dict[int, int] = {}
+        self.state = PrefillState(self.prefill_len)
+        # Knock-outs block visual sinks only (text sinks such as BOS are left alone).
+        self.tracker = (
+            SinkTracker(
+                dims=self.dims, tau=tau, scope="visual", valid=self.valid, visual=self.visual
+            )
+            if self.dims
+            else None
+        )
         if positions is not None:
             explicit = torch.zeros_like(self.valid)
             for p in positions:
                 if not 0 <= int(p) < self.prefill_len:
-                    raise ValueError(
+                    raise UserInputError(
                         f"Position {p} outside the prompt (length {self.prefill_len})."
                     )
                 explicit[:, int(p)] = True
@@ -147,8 +157,10 @@ class KnockOut:
         if self.target == "visual":
             return self.visual & self.valid
         assert resid is not None
-        assert self.dims is not None
-        sinks = (phi(resid, self.dims).cpu() >= self.tau) & self.visual & self.valid
+        assert self.tracker is not None
+        observed = self.tracker.observe(layer, resid)
+        assert observed is not None  # called at the prefill only
+        sinks = observed.cpu()
         if self.target == "sinks":
             return sinks
         nonsink = self.visual & self.valid & ~sinks
@@ -167,7 +179,7 @@ class KnockOut:
 
     def _resid_hook(self, layer: int) -> HookFn:
         def hook(resid: torch.Tensor, hook: Any) -> None:
-            if resid.shape[1] == self.prefill_len:
+            if self.state.is_prefill(resid.shape[1]):
                 self.keys[layer] = self._resolve_keys(layer, resid)
 
         return hook
@@ -176,12 +188,11 @@ class KnockOut:
         self, layer: int, batch: int, n_query: int, n_key: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocked queries [batch, query] and keys [batch, key] of one call of ``layer``."""
-        prefill = n_query == self.prefill_len
-        seen = n_query if prefill else self._seen.get(layer, self.prefill_len) + n_query
-        self._seen[layer] = seen
+        prefill = self.state.is_prefill(n_query)
+        seen = self.state.advance(layer, n_query)
         generated = seen - self.prefill_len
         keys = torch.cat([self.keys[layer], self.keys[layer].new_zeros(batch, generated)], dim=1)
-        keys = keys[:, seen - n_key : seen].to(device)
+        keys = keys[:, self.state.window(layer, n_key)].to(device)
         if prefill:
             queries = self.queries.to(device)
         else:
@@ -210,7 +221,7 @@ class KnockOut:
 
         def rows(n_query: int, n_key: int, device: torch.device) -> torch.Tensor | None:
             # Post-softmax: the pattern is read only in the rows of blocked queries.
-            if n_query != self.prefill_len:
+            if not self.state.is_prefill(n_query):
                 return None
             return torch.nonzero(self.queries.any(dim=0)).flatten().to(device)
 
@@ -219,6 +230,18 @@ class KnockOut:
     def blocked_counts(self) -> dict[int, list[int]]:
         """Per layer, the number of blocked keys per sample (after a prefill)."""
         return {layer: keys.sum(-1).tolist() for layer, keys in self.keys.items()}
+
+    def per_sample(self) -> list[dict[str, Any]]:
+        """Per sample: blocked keys of each knocked-out layer, in layer order."""
+        counts = self.blocked_counts()
+        return [
+            {"blocked": [counts[layer][b] for layer in sorted(counts)]}
+            for b in range(self.valid.shape[0])
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        """Blocked keys per layer, summed over the batch."""
+        return {"blocked": {layer: sum(n) for layer, n in self.blocked_counts().items()}}
 
 
 def stable_seed(*parts: Any) -> int:
@@ -288,12 +311,12 @@ def ablate(
     targets: Sequence[Target],
     answers: Sequence[str],
     dims: Sequence[int] | None = None,
-    tau: float = DEFAULT_TAU,
+    tau: float = TAU,
     mode: Mode = "pre",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    draws: int = 5,
-    seed: int = 0,
+    draws: int = DRAWS,
+    seed: int = SEED,
 ) -> AblationResult:
     """Run the baseline and each knock-out condition; ``random`` runs ``draws`` times."""
     from analysis.generation import decode_tokens

@@ -19,7 +19,11 @@ from tqdm.auto import tqdm
 
 from analysis import hooks
 from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
+from analysis.config import TAU
+from analysis.errors import UserInputError
+from analysis.interventions.base import SinkTracker
 from analysis.results import ResultMixin, provenance
+from analysis.sink_math import phi
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
@@ -43,7 +47,7 @@ def forward(
     one: Gemma 3's 262k-word vocabulary makes all of them ~1 MB per position).
     """
     if logits_to_keep < 0:
-        raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}.")
+        raise UserInputError(f"logits_to_keep must be >= 0, got {logits_to_keep}.")
     device = model.device
     with torch.no_grad():
         return model.bridge.run_with_hooks(
@@ -57,7 +61,7 @@ def forward(
 
 def batched(items: Sequence[T], batch_size: int) -> Iterator[list[T]]:
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise UserInputError(f"batch_size must be >= 1, got {batch_size}.")
     for start in range(0, len(items), batch_size):
         yield list(items[start : start + batch_size])
 
@@ -131,7 +135,7 @@ def bind(fn: Callable[..., None], key: Any) -> HookFn:
 def pick_queries(n_queries: int, n: int = 4) -> list[int]:
     """``n`` indices spread evenly over ``n_queries`` text queries, first and last included."""
     if n_queries < 1:
-        raise ValueError("The sample has no text query after the image.")
+        raise UserInputError("The sample has no text query after the image.")
     if n <= 1:
         return [n_queries - 1]
     picks = torch.linspace(0, n_queries - 1, min(n, n_queries)).round().long().tolist()
@@ -144,7 +148,7 @@ def query_positions(layout: TokenLayout, picks: Sequence[int]) -> list[int]:
     out = []
     for pick in picks:
         if not -len(available) <= int(pick) < len(available):
-            raise ValueError(
+            raise UserInputError(
                 f"Query index {pick} out of range: the sample has {len(available)} text "
                 "queries after the image."
             )
@@ -246,7 +250,7 @@ def attention_maps(
     views: Sequence[tuple[int, int | None]],
     queries: Sequence[int] = (-1,),
     dims: Sequence[int] | None = None,
-    tau: float = 20.0,
+    tau: float = TAU,
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
 ) -> AttentionMaps:
     """Attention maps over the image of chosen text queries, for (layer, head) views.
@@ -255,16 +259,14 @@ def attention_maps(
     last prompt token). ``fwd_hooks`` run first, so the maps show attention
     under an intervention (a knock-out, VAR) when given one.
     """
-    from analysis.sinks import phi  # sinks imports this module
-
     views = [(int(layer), None if head is None else int(head)) for layer, head in views]
     for layer, head in views:
         if not 0 <= layer < model.n_layers:
-            raise ValueError(f"Layer {layer} out of range (model has {model.n_layers}).")
+            raise UserInputError(f"Layer {layer} out of range (model has {model.n_layers}).")
         if head is not None and not 0 <= head < model.n_heads:
-            raise ValueError(f"Head {head} out of range (model has {model.n_heads}).")
+            raise UserInputError(f"Head {head} out of range (model has {model.n_heads}).")
     if not views:
-        raise ValueError("attention_maps needs at least one (layer, head) view.")
+        raise UserInputError("attention_maps needs at least one (layer, head) view.")
     positions = [query_positions(layout, queries) for layout in inputs.layouts]
     query_index = torch.tensor(positions, dtype=torch.long)  # [batch, query]
     vis_index, vis_real = _visual_index(inputs)
@@ -274,10 +276,19 @@ def attention_maps(
     layer_sinks: dict[int, torch.Tensor] = {}
     rows = torch.arange(batch)
     wanted = rows_selector(torch.unique(query_index), inputs.input_ids.shape[1])
+    # The maps flag visual sinks only (a text sink is not on the image).
+    tracker = SinkTracker(
+        dims=dims or (),
+        tau=tau,
+        scope="visual",
+        valid=inputs.stack("attention_mask"),
+        visual=inputs.visual,
+    )
 
     def on_resid(resid: torch.Tensor, hook: Any, layer: int) -> None:
-        flags = phi(resid, dims or ()).cpu() >= tau
-        layer_sinks[layer] = flags[rows[:, None], vis_index] & vis_real
+        flags = tracker.observe(layer, resid)
+        if flags is not None:
+            layer_sinks[layer] = flags.cpu()[rows[:, None], vis_index] & vis_real
 
     def on_pattern(pattern: torch.Tensor, hook: Any, layer: int) -> None:
         # Gather only the chosen query rows and visual key columns: [batch, head, query, vis].
@@ -379,7 +390,7 @@ def token_states(
     *,
     layer: int,
     dims: Sequence[int],
-    tau: float = 20.0,
+    tau: float = TAU,
     sample: int = 0,
     positions: dict[str, int] | None = None,
 ) -> TokenStates:
@@ -389,10 +400,8 @@ def token_states(
     is the visual token with the median phi among non-sinks. ``positions``
     (label -> absolute position) replaces the automatic choice.
     """
-    from analysis.sinks import phi
-
     if not 0 <= layer < model.n_layers:
-        raise ValueError(f"Layer {layer} out of range (model has {model.n_layers}).")
+        raise UserInputError(f"Layer {layer} out of range (model has {model.n_layers}).")
     layout = inputs.layouts[sample]
     store: dict[str, torch.Tensor] = {}
 
@@ -481,12 +490,10 @@ def attention_received(
     inputs: ModelInputs,
     *,
     dims: Sequence[int],
-    tau: float = 20.0,
+    tau: float = TAU,
     layers: Sequence[int] | None = None,
 ) -> ReceivedAttention:
     """phi and the attention each token receives from the text queries after the image."""
-    from analysis.sinks import phi
-
     chosen = list(range(model.n_layers)) if layers is None else [int(x) for x in layers]
     batch, n_pos = inputs.input_ids.shape
     phis = torch.zeros(batch, len(chosen), n_pos)

@@ -30,6 +30,7 @@ from jaxtyping import Bool, Float
 
 from analysis import hooks
 from analysis.capture import bind, forward
+from analysis.errors import UserInputError
 from analysis.results import ResultMixin, provenance
 from analysis.sinks import DEFAULT_TAU, phi
 
@@ -55,7 +56,7 @@ def value_norms(
     """
     n_heads, n_kv = w_o.shape[0], v.shape[2]
     if n_heads % n_kv:
-        raise ValueError(f"{n_heads} query heads cannot share {n_kv} value heads evenly.")
+        raise UserInputError(f"{n_heads} query heads cannot share {n_kv} value heads evenly.")
     v = repeat(v.float(), "batch pos kv d_head -> batch pos (kv rep) d_head", rep=n_heads // n_kv)
     w = w_o.float()
     gram = einsum(w, w, "head i d_model, head j d_model -> head i j")
@@ -155,7 +156,7 @@ def output_projection(model: LoadedModel, layer: int) -> Float[torch.Tensor, "he
     try:
         weight = model.family.output_projection(model.bridge, layer).weight
     except AttributeError as err:
-        raise ValueError(
+        raise UserInputError(
             f"Cannot find the attention output projection of layer {layer} on this bridge."
         ) from err
     return rearrange(
@@ -173,11 +174,11 @@ def residual_contribution(
 ) -> ContributionResult:
     """``||alpha_ij x_j W_OV^h||`` summarised per key group, in one forward pass."""
     if not dims:
-        raise ValueError("residual_contribution needs the sink dims (see analysis.dims).")
+        raise UserInputError("residual_contribution needs the sink dims (see analysis.dims).")
     chosen = list(range(model.n_layers)) if layers is None else [int(x) for x in layers]
     bad = [x for x in chosen if not 0 <= x < model.n_layers]
     if bad:
-        raise ValueError(f"Layers {bad} out of range for a {model.n_layers}-layer model.")
+        raise UserInputError(f"Layers {bad} out of range for a {model.n_layers}-layer model.")
     valid = inputs.stack("attention_mask")
     visual, queries = inputs.visual, inputs.queries
     size = inputs.batch_size

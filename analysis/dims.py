@@ -324,7 +324,7 @@ def discover_dims(
     thresholds = thresholds or DimThresholds()
     batches = [inputs] if not isinstance(inputs, Sequence) else list(inputs)
     if not batches:
-        raise ValueError("discover_dims needs at least one batch of inputs.")
+        raise UserInputError("discover_dims needs at least one batch of inputs.")
     scanned = (
         list(range(min(thresholds.first_layer, model.n_layers - 1), model.n_layers))
         if layers is None
@@ -332,7 +332,7 @@ def discover_dims(
     )
     for layer in scanned:
         if not 0 <= layer < model.n_layers:
-            raise ValueError(f"Layer {layer} out of range for a {model.n_layers}-layer model.")
+            raise UserInputError(f"Layer {layer} out of range for a {model.n_layers}-layer model.")
     n_layers, d_model = len(scanned), model.d_model
     peak = torch.zeros(n_layers, len(TOKEN_GROUPS), d_model)
     median_sum = torch.zeros(n_layers)
@@ -367,7 +367,7 @@ def discover_dims(
             logits_to_keep=1,
         )
     if n_text == 0:
-        raise ValueError(
+        raise UserInputError(
             "The calibration set has no text tokens besides BOS, so a bias dim cannot be "
             "told from a sink dim; use a prompt with a few words."
         )
@@ -438,7 +438,7 @@ def sink_dims(
         chosen = sorted({int(d) for d in dims})
         bad = [d for d in chosen if not 0 <= d < model.d_model]
         if not chosen or bad:
-            raise ValueError(
+            raise UserInputError(
                 f"Sink dims must be non-empty and in [0, {model.d_model}); got {list(dims)}."
             )
         return chosen
@@ -455,7 +455,9 @@ def sink_dims(
     found: DimsResult | None = None
     if discover:
         if calibration is None:
-            raise ValueError("Discovering sink dims needs calibration inputs (images + prompts).")
+            raise UserInputError(
+                "Discovering sink dims needs calibration inputs (images + prompts)."
+            )
         found = discover_dims(
             model, calibration, thresholds=thresholds, show_progress=False, warn=False
         )

@@ -40,24 +40,15 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analysis.ablation import TARGETS, KnockOut, Mode
-from analysis.ablations import (
-    ABLATION_ALIASES,
-    DEFAULT_ROWS,
-    DEFAULT_TARGET,
-    ROW_RULES,
-    Variant,
-    describe_variant,
-    var_intervention,
-)
-from analysis.ablations import TARGETS as VAR_TARGETS
-from analysis.capture import HookFn, progress
+from analysis.capture import progress
 from analysis.checks import check_settings
+from analysis.config import CI_LEVEL, MIN_IMAGE_ATTENTION, N_BOOT, RHO, SEED, TAU
 from analysis.datasets import DatasetError, Item, fingerprint
+from analysis.errors import UserInputError
 from analysis.eval.errors import EvalError, RunInterrupted
 from analysis.eval.records import FORMAT_VERSION, POPE_FORMAT_VERSION, ItemRecord, record_key
 from analysis.eval.runfolder import (
@@ -80,7 +71,6 @@ from analysis.eval.runfolder import (
     repair_part,
 )
 from analysis.eval.runner import (
-    PrefillStats,
     _resolve_dims,
     evaluate_config,
     parse_yes_no,
@@ -99,9 +89,10 @@ from analysis.eval.sharding import (
 )
 from analysis.fsio import check_output_dir, exclusive_lock
 from analysis.generation import answer_token_ids
-from analysis.heads import RHO_PRESETS
-from analysis.results import to_jsonable
-from analysis.sinks import DEFAULT_TAU
+from analysis.interventions import registry
+from analysis.interventions.base import BuildContext, ConditionError, ConditionSpec, ParseContext
+from analysis.interventions.baseline import PrefillStats as PrefillStats  # its old home
+from analysis.interventions.knockout import ABLATE_TARGETS as KNOCKOUT_TARGETS
 from analysis.stats import (
     bootstrap_ci,
     bootstrap_indices,
@@ -112,7 +103,6 @@ from analysis.stats import (
 )
 from analysis.stats import mean_stat as _mean_stat
 from analysis.tokens import build_batch
-from analysis.var import PRESETS, VarConfig, VarIntervention
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
@@ -170,244 +160,46 @@ __all__ = [
 
 # =============================================================================== conditions
 
-ConditionKind = Literal["baseline", "var", "ablate"]
-# Knock-out targets that make sense over a dataset (``positions`` is per prompt).
-ABLATE_TARGETS = tuple(t for t in TARGETS if t != "positions")
-_VAR_KEYS = {"p": "p", "rho": "rho", "s": "min_image_attention", "tau": "tau"}
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One evaluated condition; ``name`` is canonical and keys the records."""
-
-    name: str
-    kind: ConditionKind
-    var: VarConfig | None = None
-    target: str | None = None
-    mode: Mode = "pre"
-    layers: tuple[int, ...] | None = None
-    draw: int = 0
-    # A VAR ablation (rows / target other than VAR's); None for VAR itself.
-    variant: Variant | None = None
-
-    @property
-    def needs_dims(self) -> bool:
-        return self.kind == "var" or (
-            self.kind == "ablate" and self.target in ("sinks", "random", "nonsink")
-        )
-
-    def check_layers(self, n_layers: int) -> None:
-        """Refuse layers the model does not have before any work is done."""
-        layers = self.var.layers if self.var is not None else self.layers
-        bad = [x for x in layers or () if not 0 <= x < n_layers]
-        if bad:
-            raise EvalError(
-                f"Condition {self.name!r}: layers {bad} out of range (the model has "
-                f"{n_layers} layers, 0..{n_layers - 1})."
-            )
-
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
-        if self.var is not None:
-            out["var"] = self.var.to_dict()
-        if describe_variant(self.variant) is not None:
-            out["variant"] = describe_variant(self.variant)
-        if self.kind == "ablate":
-            out.update(target=self.target, mode=self.mode, layers=self.layers, draw=self.draw)
-        return to_jsonable(out)
-
-
-def _split_specs(spec: str | Sequence[str]) -> list[str]:
-    """``"baseline,var:p=0.6,rho=0.8;ablate-sinks"`` -> one string per condition.
-
-    A comma-separated piece with ``=`` and no ``:`` continues the previous
-    condition's options, so option lists need no quoting.
-    """
-    pieces = [spec] if isinstance(spec, str) else list(spec)
-    out: list[str] = []
-    for piece in pieces:
-        for token in (t.strip() for t in piece.replace(";", ",").split(",")):
-            if not token:
-                continue
-            if "=" in token and ":" not in token:
-                if not out:
-                    raise ValueError(f"Condition option {token!r} has no condition before it.")
-                out[-1] += "," + token
-            else:
-                out.append(token)
-    return out
-
-
-def _parse_layers(text: str) -> tuple[int, ...]:
-    """``"2-4"`` -> (2, 3, 4); ``"2+5"`` -> (2, 5)."""
-    try:
-        if "-" in text:
-            start, stop = (int(x) for x in text.split("-", 1))
-            return tuple(range(start, stop + 1))
-        return tuple(sorted({int(x) for x in text.split("+")}))
-    except ValueError:
-        raise ValueError(f"layers={text!r}: use a range like 2-4 or a list like 2+3+5.") from None
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, tuple):
-        return "+".join(str(v) for v in value)
-    return str(value)
+# A condition is a spec of a registered kind (analysis.interventions.registry): it
+# parses from the grammar, names itself, builds its hooks and supplies its record
+# fields and summary entries, so nothing here depends on which kinds exist.
+Condition = ConditionSpec
+ABLATE_TARGETS = KNOCKOUT_TARGETS
 
 
 def parse_conditions(
     spec: str | Sequence[str],
     *,
-    tau: float = DEFAULT_TAU,
-    rho: float = 0.5,
+    tau: float = TAU,
+    rho: float = RHO,
     preset: str = "paper",
 ) -> list[Condition]:
     """Conditions from specs like ``baseline,var,var:p=0.3,rho=0.8,ablate-sinks,ablate-random``.
 
     * ``baseline``: no intervention;
     * ``var[:p=..,rho=..,s=..,tau=..,layers=2-4,convention=official]``: VAR
-      (defaults: p 0.6, the run's ``rho`` and ``tau``, layers 2 .. L-2);
+      (defaults: p of the paper, the run's ``rho`` and ``tau``, layers 2 .. L-2);
       ``var:preset=official[,..]`` starts from the official preset instead
-      (:meth:`analysis.var.VarConfig.preset`; the run's rho and tau do not apply);
+      (:meth:`analysis.config.VarConfig.preset`; the run's rho and tau do not apply);
       ``preset`` is the one a ``var`` without ``preset=`` starts from;
       ``rho_preset=general|hallucination|vision-centric`` sets rho to the paper's
-      value for that task family (0.8, 0.5, 0.9);
+      value for that task family (:data:`analysis.config.RHO_PRESETS`);
     * the paper's ablations (:mod:`analysis.ablations`): ``var:rows=all|random``
-      (all heads; random heads, as many as VAR selects, seeded per item) and
-      ``var:to=text|visual`` (the budget to text tokens; to all visual tokens),
-      also named ``var-all-heads``, ``var-random-heads``, ``var-to-text``,
-      ``var-to-visual`` (options combine: ``var-to-text:p=0.3``);
+      (all heads; random heads, as many as VAR selects, seeded per item),
+      ``var:to=visual`` (the budget to all visual tokens), also named
+      ``var-all-heads``, ``var-random-heads``, ``var-to-visual``, and
+      ``var:to=text`` (``var:target=text``, ``var-to-text``: the budget to the
+      text tokens; :mod:`analysis.interventions.var_text`); options combine
+      (``var-to-text:p=0.3``);
     * ``ablate-{sinks,random,nonsink,visual}[:mode=pre|post,layers=..]``:
       attention knock-out; ``ablate-random:draws=K`` expands into K seeded
       draws named ``ablate-random[k]``.
 
     Names are canonical: options equal to their default are dropped, the rest
-    listed in a fixed order, so ``var:p=0.6`` is ``var``.
+    listed in a fixed order, so ``var:p=0.6`` is ``var``; a name parses back to
+    an equal condition.
     """
-    conditions: list[Condition] = []
-    for token in _split_specs(spec):
-        head, _, opts = token.partition(":")
-        head = head.strip().lower()
-        options: dict[str, str] = dict(ABLATION_ALIASES.get(head, {}))
-        head = "var" if head in ABLATION_ALIASES else head
-        for pair in filter(None, (o.strip() for o in opts.split(","))):
-            key, sep, value = pair.partition("=")
-            if not sep or not value.strip():
-                raise ValueError(f"Condition {token!r}: option {pair!r} must be key=value.")
-            options[key.strip().lower()] = value.strip()
-        conditions += _build_condition(head, options, token, tau=tau, rho=rho, preset=preset)
-    if not conditions:
-        raise ValueError("No conditions given; e.g. --conditions baseline,var,ablate-sinks.")
-    names = [c.name for c in conditions]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"Conditions listed twice: {', '.join(duplicates)}.")
-    return conditions
-
-
-def _build_condition(
-    head: str, options: dict[str, str], token: str, *, tau: float, rho: float, preset: str
-) -> list[Condition]:
-    def refuse(allowed: Iterable[str]) -> None:
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"Condition {token!r}: unknown option(s) {unknown}; allowed: {sorted(allowed)}."
-            )
-
-    if head == "baseline":
-        refuse(())
-        return [Condition("baseline", "baseline")]
-    if head == "var":
-        refuse([*_VAR_KEYS, "layers", "convention", "preset", "rows", "to", "rho_preset"])
-        preset = options.get("preset", preset)
-        if preset not in PRESETS:
-            raise ValueError(f"Condition {token!r}: preset is {' or '.join(PRESETS)}.")
-        # The paper preset takes the run's rho and tau; the official one is fixed.
-        defaults = VarConfig(rho=rho, tau=tau) if preset == "paper" else VarConfig.preset(preset)
-        values: dict[str, Any] = {}
-        if "rho_preset" in options:
-            if "rho" in options:
-                raise ValueError(f"Condition {token!r}: give rho or rho_preset, not both.")
-            if options["rho_preset"] not in RHO_PRESETS:
-                raise ValueError(
-                    f"Condition {token!r}: rho_preset is one of {', '.join(RHO_PRESETS)}."
-                )
-            options["rho"] = str(RHO_PRESETS[options.pop("rho_preset")])
-        rows = options.get("rows", DEFAULT_ROWS)
-        target = options.get("to", DEFAULT_TARGET)
-        if rows not in ROW_RULES or target not in VAR_TARGETS:
-            raise ValueError(
-                f"Condition {token!r}: rows is one of {', '.join(ROW_RULES)}, "
-                f"to is one of {', '.join(VAR_TARGETS)}."
-            )
-        variant = Variant(rows=rows, to=target)
-        try:
-            for key, attr in _VAR_KEYS.items():
-                if key in options:
-                    values[attr] = float(options[key])
-        except ValueError:
-            raise ValueError(f"Condition {token!r}: option values must be numbers.") from None
-        if "layers" in options:
-            values["layers"] = _parse_layers(options["layers"])
-        if "convention" in options:
-            values["convention"] = options["convention"]
-            if values["convention"] not in ("paper", "official"):
-                raise ValueError(f"Condition {token!r}: convention is paper or official.")
-        config = VarConfig(**{**defaults.to_dict(), **values})
-        shown = [
-            f"{key}={_fmt(getattr(config, attr))}"
-            for key, attr in [
-                *_VAR_KEYS.items(),
-                ("layers", "layers"),
-                ("convention", "convention"),
-            ]
-            if getattr(config, attr) != getattr(defaults, attr)
-        ]
-        shown = ([f"preset={preset}"] if preset != "paper" else []) + shown
-        shown += [f"rows={rows}"] if rows != DEFAULT_ROWS else []
-        shown += [f"to={target}"] if target != DEFAULT_TARGET else []
-        name = "var" + (":" + ",".join(shown) if shown else "")
-        return [Condition(name, "var", var=config, variant=None if variant.is_var else variant)]
-    if head.startswith("ablate-"):
-        target = head.removeprefix("ablate-")
-        if target not in ABLATE_TARGETS:
-            raise ValueError(
-                f"Condition {token!r}: knock-out target must be one of "
-                f"{', '.join('ablate-' + t for t in ABLATE_TARGETS)}."
-            )
-        refuse(["mode", "layers", *(["draws"] if target == "random" else [])])
-        mode = options.get("mode", "pre")
-        if mode not in ("pre", "post"):
-            raise ValueError(f"Condition {token!r}: mode is pre or post.")
-        layers = _parse_layers(options["layers"]) if "layers" in options else None
-        try:
-            draws = int(options.get("draws", "1"))
-        except ValueError:
-            raise ValueError(f"Condition {token!r}: draws must be an integer.") from None
-        if draws < 1:
-            raise ValueError(f"Condition {token!r}: draws must be >= 1.")
-        shown = [f"mode={mode}"] if mode != "pre" else []
-        shown += [f"layers={_fmt(layers)}"] if layers is not None else []
-        base = head + (":" + ",".join(shown) if shown else "")
-        return [
-            Condition(
-                base if draws == 1 else f"{base}[{draw}]",
-                "ablate",
-                target=target,
-                mode=mode,  # type: ignore[arg-type]
-                layers=layers,
-                draw=draw,
-            )
-            for draw in range(draws)
-        ]
-    raise ValueError(
-        f"Unknown condition {token!r}; use baseline, var[:p=..,rho=..,rows=..,to=..], "
-        f"{', '.join(ABLATION_ALIASES)}, "
-        f"ablate-{{{','.join(ABLATE_TARGETS)}}}[:mode=..,layers=..,draws=..]."
-    )
+    return registry.parse(spec, ParseContext(tau=tau, rho=rho, preset=preset))
 
 
 # =============================================================================== evaluate
@@ -424,14 +216,14 @@ def evaluate(
     batch_size: int = 1,
     limit: int | None = None,
     dims: Sequence[int] | None = None,
-    tau: float = DEFAULT_TAU,
-    rho: float = 0.5,
-    min_image_attention: float = 0.2,
-    seed: int = 0,
+    tau: float = TAU,
+    rho: float = RHO,
+    min_image_attention: float = MIN_IMAGE_ATTENTION,
+    seed: int = SEED,
     collect_stats: bool = True,
     n_calibration: int = 8,
-    n_boot: int = 1000,
-    level: float = 0.95,
+    n_boot: int = N_BOOT,
+    level: float = CI_LEVEL,
     dataset: dict[str, Any] | None = None,
     show_progress: bool = True,
     force: bool = False,
@@ -504,7 +296,10 @@ def evaluate(
     answer_token_ids(model, answers)  # fails early when answers share a first token
     parsed = _conditions(conditions, tau=tau, rho=rho, preset=var_preset)
     for condition in parsed:
-        condition.check_layers(model.n_layers)
+        try:
+            condition.check_layers(model.n_layers)
+        except ConditionError as err:  # a run-level error: the run cannot start
+            raise EvalError(str(err)) from None
     bad_dims = [d for d in dims or () if not 0 <= int(d) < model.d_model]
     if bad_dims:
         raise EvalError(f"Sink dims {bad_dims} out of range for d_model {model.d_model}.")
@@ -590,7 +385,7 @@ def _evaluate_locked(
         def find_dims() -> dict[str, Any] | None:
             needed = collect_stats or any(c.needs_dims for c in parsed)
             # The official VAR preset fixes the dims per model from the registry.
-            registry_only = any(c.var is not None and c.var.registry_dims for c in parsed)
+            registry_only = any(c.registry_dims for c in parsed)
             return (
                 _resolve_dims(model, items, dims, n_calibration, registry_only) if needed else None
             )
@@ -667,7 +462,7 @@ def _conditions(
     ]
     names = [c.name for c in parsed]
     if not parsed or len(set(names)) != len(names):
-        raise ValueError(f"Conditions must be non-empty with unique names, got {names}.")
+        raise UserInputError(f"Conditions must be non-empty with unique names, got {names}.")
     return parsed
 
 
@@ -709,47 +504,17 @@ def _run_condition(
     settings: _Settings,
 ) -> list[dict[str, Any]]:
     """One condition on one batch: per-item records."""
-    fwd: list[tuple[str, HookFn]] = []
-    stats: PrefillStats | None = None
-    var: VarIntervention | None = None
-    knock: KnockOut | None = None
-    if condition.kind == "baseline" and settings.collect_stats:
-        assert settings.dims is not None
-        stats = PrefillStats(
-            model,
-            inputs,
-            dims=settings.dims,
-            tau=settings.tau,
-            rho=settings.rho,
-            min_image_attention=settings.min_image_attention,
-        )
-        fwd = stats.fwd_hooks()
-    elif condition.kind == "var":
-        var = var_intervention(
-            model,
-            inputs,
-            dims=settings.dims,
-            config=condition.var,
-            variant=condition.variant,
-            seed=settings.seed,
-            sample_keys=[item.id for _, item in subset],
-        )
-        fwd = var.fwd_hooks()
-    elif condition.kind == "ablate":
-        assert condition.target is not None
-        knock = KnockOut(
-            model,
-            inputs,
-            target=condition.target,  # type: ignore[arg-type]
-            dims=settings.dims if condition.needs_dims else None,
-            tau=settings.tau,
-            mode=condition.mode,
-            layers=condition.layers,
-            seed=settings.seed,
-            draw=condition.draw,
-            sample_keys=[item.id for _, item in subset],
-        )
-        fwd = knock.fwd_hooks()
+    context = BuildContext(
+        dims=settings.dims,
+        tau=settings.tau,
+        rho=settings.rho,
+        min_image_attention=settings.min_image_attention,
+        seed=settings.seed,
+        collect_stats=settings.collect_stats,
+        sample_keys=[item.id for _, item in subset],
+    )
+    intervention = condition.build(model, inputs, context)
+    fwd = intervention.fwd_hooks()
     from analysis.scoring import runs as bench_runs
 
     bench = None if settings.bench is None else [settings.bench[i.id] for _, i in subset]
@@ -757,16 +522,11 @@ def _run_condition(
     logprobs, texts = score_batch(
         model, inputs, answers, fwd_hooks=fwd, max_new_tokens=settings.max_new_tokens
     )
-    extras: list[dict[str, Any]] = [{} for _ in subset]
-    if stats is not None:
-        extras = stats.per_sample()
-    if var is not None:
-        extras = [{"var": v} for v in var.per_sample()]
-    if knock is not None:
-        counts = knock.blocked_counts()
-        extras = [
-            {"blocked": [counts[layer][b] for layer in sorted(counts)]} for b in range(len(subset))
-        ]
+    extras = condition.record_fields(intervention)
+    if len(extras) != len(subset):
+        raise RuntimeError(
+            f"Condition {condition.name!r} gave {len(extras)} record rows for {len(subset)} items."
+        )
     records = []
     for row, (index, item) in enumerate(subset):
         scores = logprobs[row]
@@ -819,13 +579,15 @@ def summarize(
     records: Sequence[dict[str, Any]],
     manifest: dict[str, Any],
     *,
-    n_boot: int = 1000,
-    level: float = 0.95,
+    n_boot: int = N_BOOT,
+    level: float = CI_LEVEL,
 ) -> dict[str, Any]:
     """The run's numbers, computed from per-item records only (deterministic given the seed)."""
     config = manifest["config"]
     answers, seed = config["answers"], int(config["seed"])
     names = [c["name"] for c in manifest["conditions"]]
+    # Each condition's kind from its manifest entry (None for a layout no kind reads).
+    kinds = {c["name"]: registry.spec_class(c) for c in manifest["conditions"]}
     by_condition: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
     for record in records:
         by_condition.setdefault(record["condition"], {})[str(record["id"])] = record
@@ -862,26 +624,15 @@ def summarize(
                 entry[scoring] = scored
         if baseline is not None and name != "baseline":
             entry.update(_label_deltas(rows, baseline, boot))
-        var_rows = [r["var"] for r in rows.values() if "var" in r]
-        if var_rows:
-            entry["var"] = {
-                "rows_changed_mean": float(np.mean([_var_rows(v) for v in var_rows])),
-                "mass_moved_mean": float(
-                    np.mean([v["prefill_mass_moved"] + v["decode_mass_moved"] for v in var_rows])
-                ),
-                "noop_items": sum(_var_rows(v) == 0 for v in var_rows),
-            }
-        blocked = [r["blocked"] for r in rows.values() if "blocked" in r]
-        if blocked:
-            entry["blocked_per_layer_mean"] = np.mean(blocked, axis=0).tolist()
+        kind = kinds.get(name)
+        if kind is not None:
+            entry.update(kind.summary_entries(list(rows.values())))
         out["conditions"][name] = entry
-    if baseline is not None:
-        out.update(_prefill_summary(list(baseline.values())))
+    # Run-level entries of a kind (the baseline's sink counts and head ranking).
+    for name, kind in kinds.items():
+        if kind is not None and by_condition.get(name):
+            out.update(kind.run_summary(list(by_condition[name].values())))
     return out
-
-
-def _var_rows(v: dict[str, Any]) -> int:
-    return int(v["prefill_rows_changed"] + v["decode_rows_changed"])
 
 
 def _scoring_entry(
@@ -967,47 +718,6 @@ def _label_deltas(
             _mean_stat, [values], n_boot=boot["n_boot"], seed=boot["seed"], level=boot["level"]
         )["mean"]
         out[key] = ci | {"n": len(pairs)}
-    return out
-
-
-def _prefill_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sink counts per image and mean head scores, from the baseline records."""
-    out: dict[str, Any] = {}
-    per_image: dict[str, list[int]] = {}
-    for r in rows:
-        if "sinks" in r:
-            # Visual tokens precede the question, so their sinks do not depend on it.
-            per_image.setdefault(r["image"], r["sinks"])
-    if per_image:
-        counts = np.array(list(per_image.values()), dtype=np.float64)
-        out["sinks"] = {
-            "per_layer_mean": counts.mean(0).tolist(),
-            "per_image": per_image,
-        }
-    heads = [r["heads"] for r in rows if "heads" in r]
-    if heads:
-        means = {k: np.mean([h[k] for h in heads], axis=0) for k in ("s", "r", "selected")}
-        n_layers, n_heads = means["s"].shape
-        ranked = sorted(
-            (
-                {
-                    "layer": layer,
-                    "head": head,
-                    **{k: float(v[layer, head]) for k, v in means.items()},
-                }
-                for layer in range(n_layers)
-                for head in range(n_heads)
-            ),
-            key=lambda row: (-row["selected"], -row["r"], row["layer"], row["head"]),
-        )
-        out["heads"] = {
-            "n_items": len(heads),
-            "image_centric": [
-                [row["layer"], row["head"]] for row in ranked if row["selected"] >= 0.5
-            ],
-            "top": ranked[:10],
-            "mean": {k: v.tolist() for k, v in means.items()},
-        }
     return out
 
 

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis import viz
+from analysis.errors import UserInputError
 from analysis.figures import FIGURES, FigureResults, FigureSpec, draw_figures
 from analysis.fsio import write_atomic
 from analysis.results import to_jsonable
@@ -197,7 +198,7 @@ def write_figures(
     """Draw figures from computed results and write them (PNG, HTML, JSON) plus an index."""
     unknown = set(formats) - {"png", "html", "json"}
     if unknown:
-        raise ValueError(f"Unknown format(s) {sorted(unknown)}; use png, html, json.")
+        raise UserInputError(f"Unknown format(s) {sorted(unknown)}; use png, html, json.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(results, names)

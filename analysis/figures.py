@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from analysis import viz
 from analysis.config import MIN_IMAGE_ATTENTION, RHO, TAU, P
+from analysis.errors import UserInputError
 from analysis.results import provenance
 
 if TYPE_CHECKING:
@@ -240,9 +241,9 @@ def compute_results(
 
     images = list(images)
     if not images:
-        raise ValueError("make_figures needs at least one image.")
+        raise UserInputError("make_figures needs at least one image.")
     if not 0 <= focus < len(images):
-        raise ValueError(f"focus={focus} but there are {len(images)} images.")
+        raise UserInputError(f"focus={focus} but there are {len(images)} images.")
     steps = tqdm(total=10, desc="figures: inputs", disable=not show_progress, leave=False)
 
     def step(name: str) -> None:
@@ -388,7 +389,7 @@ def draw_figures(
     chosen = FIGURE_NAMES if names is None else tuple(names)
     unknown = [name for name in chosen if name not in draw]
     if unknown:
-        raise ValueError(f"Unknown figure(s) {unknown}; choose from {list(FIGURE_NAMES)}.")
+        raise UserInputError(f"Unknown figure(s) {unknown}; choose from {list(FIGURE_NAMES)}.")
     return {name: draw[name]() for name in chosen}
 
 
@@ -422,10 +423,10 @@ def make_figures(
     """
     unknown = set(formats) - {"png", "html", "json"}
     if unknown:
-        raise ValueError(f"Unknown format(s) {sorted(unknown)}; use png, html, json.")
+        raise UserInputError(f"Unknown format(s) {sorted(unknown)}; use png, html, json.")
     bad = [name for name in names or () if name not in FIGURE_NAMES]
     if bad:
-        raise ValueError(f"Unknown figure(s) {bad}; choose from {list(FIGURE_NAMES)}.")
+        raise UserInputError(f"Unknown figure(s) {bad}; choose from {list(FIGURE_NAMES)}.")
     results = compute_results(
         model,
         images,

@@ -27,9 +27,20 @@ from analysis import hooks
 from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook
 from analysis.capture import HookFn, bind, forward, progress
 from analysis.checks import check_settings
-from analysis.config import CI_LEVEL, N_BOOT, SEED
+from analysis.config import (
+    CI_LEVEL,
+    MIN_IMAGE_ATTENTION,
+    MIN_SELECTED_FRACTION,
+    N_BOOT,
+    N_BOOT_QUICK,
+    RHO,
+    SEED,
+    TAU,
+)
+from analysis.config import RHO_PRESETS as RHO_PRESETS
+from analysis.errors import UserInputError
+from analysis.interventions.base import PrefillState, SinkTracker
 from analysis.results import ResultMixin, provenance
-from analysis.sinks import DEFAULT_TAU, phi
 from analysis.stats import mean_interval
 from analysis.var_math import image_attention_stats
 
@@ -37,7 +48,6 @@ if TYPE_CHECKING:
     from analysis.loading import LoadedModel
     from analysis.tokens import ModelInputs
 
-RHO_PRESETS = {"general": 0.8, "hallucination": 0.5, "vision-centric": 0.9}
 SELECTION_RULE = (
     "image-centric when s >= min_image_attention and r >= rho, and only in layers whose "
     "input has at least one visual sink (the paper's rule; r is 1 by definition there)"
@@ -48,13 +58,43 @@ def resolve_rho(rho: float | None = None, preset: str | None = None) -> float:
     """rho from a number or a paper preset (general 0.8, hallucination 0.5, vision-centric 0.9)."""
     if preset is not None:
         if preset not in RHO_PRESETS:
-            raise ValueError(f"Unknown preset {preset!r}; choose from {sorted(RHO_PRESETS)}.")
+            raise UserInputError(f"Unknown preset {preset!r}; choose from {sorted(RHO_PRESETS)}.")
         if rho is not None and rho != RHO_PRESETS[preset]:
-            raise ValueError(
+            raise UserInputError(
                 f"Pass either rho or preset, not both (preset {preset} means {RHO_PRESETS[preset]})."
             )
         return RHO_PRESETS[preset]
-    return check_settings(rho=0.5 if rho is None else rho)["rho"]
+    return check_settings(rho=RHO if rho is None else rho)["rho"]
+
+
+def rank_heads(
+    selected: Sequence[Sequence[float]] | torch.Tensor | Any,
+    r: Sequence[Sequence[float]] | torch.Tensor | Any,
+    layer_has_visual_sink: Sequence[float] | torch.Tensor | Any,
+) -> list[tuple[int, int]]:
+    """Every (layer, head), best first: the one ordering of heads in the toolkit.
+
+    By the fraction of text queries selected (descending), then the fraction of
+    samples whose layer input holds a visual sink (r is 1 by definition where
+    there is none, so such heads rank after heads with real evidence), then the
+    mean r (descending), then layer and head. Inputs are [layer, head] means
+    (``selected``, ``r``) and per-layer fractions, as tensors, arrays or lists;
+    :meth:`HeadScores.ranked` and the evaluation summary both use it.
+    """
+    chosen = torch.as_tensor(selected, dtype=torch.float64)
+    ratio = torch.as_tensor(r, dtype=torch.float64)
+    with_sink = torch.as_tensor(layer_has_visual_sink, dtype=torch.float64)
+    if chosen.ndim != 2 or chosen.shape != ratio.shape or with_sink.shape != chosen.shape[:1]:
+        raise ValueError(
+            f"rank_heads needs [layer, head] selected and r and [layer] sink fractions, got "
+            f"{tuple(chosen.shape)}, {tuple(ratio.shape)} and {tuple(with_sink.shape)}."
+        )
+    n_layers, n_heads = chosen.shape
+    sel, rat, sink = chosen.tolist(), ratio.tolist(), with_sink.tolist()
+    return sorted(
+        ((layer, head) for layer in range(n_layers) for head in range(n_heads)),
+        key=lambda lh: (-sel[lh[0]][lh[1]], -sink[lh[0]], -rat[lh[0]][lh[1]], lh[0], lh[1]),
+    )
 
 
 @dataclass
@@ -112,11 +152,11 @@ class HeadScores(ResultMixin):
         return out
 
     def ranked(self, top: int | None = None) -> list[dict[str, Any]]:
-        """Heads ordered by the fraction of queries selected, then by mean r."""
-        agg = self.aggregate()
-        n_layers, n_heads = agg["s_mean"].shape
+        """Heads in :func:`rank_heads` order, with their means and quick bootstrap CIs."""
+        agg = self.aggregate(n_boot=N_BOOT_QUICK)
         # r is 1 by definition where a layer has no visual sink: such heads rank last.
         with_sink = self.has_visual_sink.float().mean(0)
+        order = rank_heads(agg["selected_mean"], agg["r_mean"], with_sink)
         rows = [
             {
                 "layer": layer,
@@ -124,19 +164,13 @@ class HeadScores(ResultMixin):
                 "layer_has_visual_sink": float(with_sink[layer]),
                 **{k: float(v[layer, head]) for k, v in agg.items()},
             }
-            for layer in range(n_layers)
-            for head in range(n_heads)
+            for layer, head in order
         ]
-        rows.sort(
-            key=lambda row: (
-                -row["selected_mean"],
-                -row["layer_has_visual_sink"],
-                -row["r_mean"],
-            )
-        )
         return [row for row in rows if row["selected_mean"] > 0] if top is None else rows[:top]
 
-    def image_centric_heads(self, min_fraction: float = 0.5) -> list[tuple[int, int]]:
+    def image_centric_heads(
+        self, min_fraction: float = MIN_SELECTED_FRACTION
+    ) -> list[tuple[int, int]]:
         """(layer, head) pairs selected for at least ``min_fraction`` of text queries on average."""
         frac = self.per_sample()["selected"].mean(0)
         return [(int(l_), int(h)) for l_, h in torch.nonzero(frac >= min_fraction).tolist()]
@@ -167,10 +201,10 @@ def score_heads(
     inputs: ModelInputs | Sequence[ModelInputs],
     *,
     dims: Sequence[int],
-    tau: float = DEFAULT_TAU,
+    tau: float = TAU,
     rho: float | None = None,
     preset: str | None = None,
-    min_image_attention: float = 0.2,
+    min_image_attention: float = MIN_IMAGE_ATTENTION,
     show_progress: bool = True,
 ) -> HeadScores:
     """s and r for every layer, head and text query, over one or several batches."""
@@ -229,7 +263,11 @@ class HeadStatsHooks:
         self.s: Float[torch.Tensor, "batch layer head pos"] = torch.zeros(shape)
         self.r: Float[torch.Tensor, "batch layer head pos"] = torch.zeros(shape)
         self.sink_counts = torch.zeros(batch, model.n_layers, dtype=torch.long)
-        self._sinks: dict[int, torch.Tensor] = {}
+        self.state = PrefillState(self.prefill_len)
+        # s and r split the image attention at the visual sinks: text sinks do not count.
+        self.tracker = SinkTracker(
+            dims=self.dims, tau=self.tau, scope="visual", valid=self.valid, visual=self.visual
+        )
 
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
         out: list[tuple[str, HookFn]] = []
@@ -241,28 +279,26 @@ class HeadStatsHooks:
 
     def _rows(self, n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
         """Only the text-query rows of the prefill are read (none of a decoding step's)."""
-        if n_query != self.prefill_len:
+        if not self.state.is_prefill(n_query):
             return torch.zeros(0, dtype=torch.long, device=device)
         return torch.nonzero(self.queries.any(dim=0)).flatten().to(device)
 
     def _on_resid(self, resid: torch.Tensor, hook: Any, layer: int) -> None:
-        if resid.shape[1] != self.prefill_len:
-            return
-        device = resid.device
-        sinks = (phi(resid, self.dims) >= self.tau) & (self.valid & self.visual).to(device)
-        self._sinks[layer] = sinks
-        self.sink_counts[:, layer] = sinks.sum(-1).cpu()
+        sinks = self.tracker.observe(layer, resid)
+        if sinks is not None:
+            self.sink_counts[:, layer] = sinks.sum(-1).cpu()
 
     def _on_pattern(self, pattern: torch.Tensor, hook: Any, layer: int) -> None:
         rows = hook.ctx.get(ROWS_KEY)
         n_query = pattern.shape[2] if rows is None else int(hook.ctx[N_QUERY_KEY])
-        if n_query != self.prefill_len:
+        if not self.state.is_prefill(n_query):
             return
         if rows is None:  # the full pattern (eager layer): read the query rows alone
             rows = self._rows(n_query, pattern.shape[3], pattern.device)
             pattern = pattern.index_select(2, rows)
         visual = self.visual.to(pattern.device)
-        s, r = image_attention_stats(pattern, visual=visual, sinks=self._sinks[layer])
+        sinks = self.tracker.sinks(layer, pattern.device)
+        s, r = image_attention_stats(pattern, visual=visual, sinks=sinks)
         rows = rows.cpu()
         queries = self.queries.index_select(1, rows)[:, None, :]
         self.s[:, layer].index_copy_(-1, rows, s.cpu() * queries)

@@ -20,38 +20,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from einops import reduce
 from jaxtyping import Bool, Float
 
 from analysis import config, hooks
 from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
 from analysis.capture import bind, forward
 from analysis.checks import check_settings
+from analysis.config import MIN_LAYER_FRACTION
+from analysis.errors import UserInputError
 from analysis.results import ResultMixin, provenance
+from analysis.sink_math import RMS_EPS, phi
+from analysis.sink_math import sink_mask as sink_mask  # re-exported: the public sink test
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
     from analysis.tokens import ModelInputs, TokenLayout
 
 DEFAULT_TAU = config.TAU
-RMS_EPS = 1e-6
-
-
-def phi(
-    resid: Float[torch.Tensor, "*batch d_model"], dims: Sequence[int], eps: float = RMS_EPS
-) -> Float[torch.Tensor, "*batch"]:
-    """The paper's sink score, computed in float32 whatever the input dtype."""
-    x = resid.float()
-    rms = torch.sqrt(reduce(x.square(), "... d_model -> ...", "mean") + eps)
-    index = torch.as_tensor(list(dims), device=x.device, dtype=torch.long)
-    return (x.index_select(-1, index).abs() / rms[..., None]).amax(-1)
-
-
-def sink_mask(
-    phi_values: Float[torch.Tensor, "*batch"], tau: float, *, strict: bool = False
-) -> Bool[torch.Tensor, "*batch"]:
-    """Sink tokens: ``phi >= tau`` (the paper), or ``phi > tau`` with ``strict`` (its code)."""
-    return phi_values > tau if strict else phi_values >= tau
 
 
 @dataclass
@@ -102,7 +87,7 @@ class SinkResult(ResultMixin):
         ]
 
     def consensus(
-        self, layers: Sequence[int] | None = None, min_fraction: float = 0.5
+        self, layers: Sequence[int] | None = None, min_fraction: float = MIN_LAYER_FRACTION
     ) -> Bool[torch.Tensor, "batch pos"]:
         """Tokens that are sinks in at least ``min_fraction`` of ``layers`` (default 2 .. L-1)."""
         chosen = (
@@ -192,7 +177,7 @@ def find_sinks(
     check_settings(tau=tau)
     bad = [d for d in dims if not 0 <= int(d) < model.d_model]
     if not dims or bad:
-        raise ValueError(
+        raise UserInputError(
             f"Sink dims must be non-empty and in [0, {model.d_model}); got {list(dims)}."
         )
     batch, n_pos = inputs.input_ids.shape
@@ -232,7 +217,7 @@ def label_scores(
 ) -> dict[str, float]:
     """Precision, recall and F1 of boolean labels (1.0 when both are empty)."""
     if predicted.shape != truth.shape:
-        raise ValueError(
+        raise UserInputError(
             f"Shape mismatch: predicted {tuple(predicted.shape)} vs truth {tuple(truth.shape)}."
         )
     tp = int((predicted & truth).sum())
@@ -262,7 +247,7 @@ def validate_sinks(
     Returns ``scores[sample][i]`` for the i-th layer of ``layers`` (default 2 .. L-1).
     """
     if len(truth) != len(result.layouts):
-        raise ValueError(
+        raise UserInputError(
             f"Need one truth mask per sample ({len(result.layouts)}), got {len(truth)}."
         )
     chosen = (
@@ -275,7 +260,7 @@ def validate_sinks(
     for index, layout in enumerate(result.layouts):
         positions = layout.geometry.positions
         if truth[index].shape != positions.shape:
-            raise ValueError(
+            raise UserInputError(
                 f"Truth mask of sample {index} has {truth[index].numel()} entries; "
                 f"the sample has {positions.numel()} visual tokens."
             )

@@ -28,6 +28,7 @@ from jaxtyping import Bool, Float, Int
 
 from analysis.checks import check_settings
 from analysis.config import CI_LEVEL, N_BOOT, SEED
+from analysis.errors import UserInputError
 
 # --------------------------------------------------------------------------- bootstrap
 
@@ -38,7 +39,7 @@ def bootstrap_indices(
     """Resampling indices, one row per resample; the same (n, n_boot, seed) gives the same
     draws, so paired statistics of different conditions resample the same items."""
     if n < 1 or n_boot < 1:
-        raise ValueError(f"bootstrap needs n >= 1 and n_boot >= 1 (got {n}, {n_boot}).")
+        raise UserInputError(f"bootstrap needs n >= 1 and n_boot >= 1 (got {n}, {n_boot}).")
     check_settings(seed=seed)
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 

@@ -17,8 +17,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# Grid keys: the var condition's option names (see analysis.evaluation.parse_conditions).
-GRID_KEYS = ("p", "rho", "s", "tau")
+from analysis.errors import UserInputError
+from analysis.interventions.var import VAR_KEYS
+
+# Grid keys: the var condition's numeric option names (analysis.interventions.var).
+GRID_KEYS = tuple(VAR_KEYS)
 MAX_POINTS = 200
 
 
@@ -26,9 +29,9 @@ def _number(key: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"--grid {key}: {text!r} is not a number.") from None
+        raise UserInputError(f"--grid {key}: {text!r} is not a number.") from None
     if not math.isfinite(value):
-        raise ValueError(f"--grid {key}: {text!r} is not a finite number.")
+        raise UserInputError(f"--grid {key}: {text!r} is not a finite number.")
     return value
 
 
@@ -37,10 +40,10 @@ def _values(key: str, text: str) -> list[float]:
         return [_number(key, text)]
     parts = text.split(":")
     if len(parts) != 3:
-        raise ValueError(f"--grid {key}: a range is start:stop:step, got {text!r}.")
+        raise UserInputError(f"--grid {key}: a range is start:stop:step, got {text!r}.")
     start, stop, step = (_number(key, x) for x in parts)
     if step <= 0 or stop < start:
-        raise ValueError(f"--grid {key}: {text!r} needs step > 0 and stop >= start.")
+        raise UserInputError(f"--grid {key}: {text!r} needs step > 0 and stop >= start.")
     count = math.floor((stop - start) / step + 1e-9) + 1
     # Rounded so 0.2 + 2 * 0.2 is 0.6, not 0.6000000000000001 (names stay readable).
     return [round(start + k * step, 10) for k in range(count)]
@@ -57,23 +60,23 @@ def parse_grid(spec: str) -> dict[str, list[float]]:
             key, _, text = (x.strip() for x in piece.partition("="))
             key = key.lower()
             if key not in GRID_KEYS:
-                raise ValueError(f"--grid key {key!r}: use {', '.join(GRID_KEYS)}.")
+                raise UserInputError(f"--grid key {key!r}: use {', '.join(GRID_KEYS)}.")
             if key in grid:
-                raise ValueError(f"--grid lists {key} twice.")
+                raise UserInputError(f"--grid lists {key} twice.")
             grid[key] = []
         elif key is None:
-            raise ValueError(f"--grid {piece!r} has no key before it (e.g. p=0.2,0.4).")
+            raise UserInputError(f"--grid {piece!r} has no key before it (e.g. p=0.2,0.4).")
         else:
             text = piece
         grid[key] += _values(key, text)
     if not grid:
-        raise ValueError("--grid is empty; e.g. --grid p=0.2:0.8:0.2,rho=0.5,0.8.")
+        raise UserInputError("--grid is empty; e.g. --grid p=0.2:0.8:0.2,rho=0.5,0.8.")
     for name, values in grid.items():
         if len(set(values)) != len(values):
-            raise ValueError(f"--grid {name} lists a value twice: {values}.")
+            raise UserInputError(f"--grid {name} lists a value twice: {values}.")
     points = math.prod(len(v) for v in grid.values())
     if points > MAX_POINTS:
-        raise ValueError(f"--grid has {points} points; at most {MAX_POINTS} per run.")
+        raise UserInputError(f"--grid has {points} points; at most {MAX_POINTS} per run.")
     return grid
 
 
@@ -115,7 +118,7 @@ def default_metric(summary: Mapping[str, Any]) -> str:
         if scoring in bench:
             first = next(iter(bench[scoring]["conditions"].values()))["metrics"]
             return headline(first)[0]
-    raise ValueError("The run's summary has no scored benchmark entries.")
+    raise UserInputError("The run's summary has no scored benchmark entries.")
 
 
 def sweep_rows(
@@ -148,5 +151,5 @@ def sweep_rows(
             }
         )
     if not rows:
-        raise ValueError(f"No condition of the run has {metric!r} scored by {scoring}.")
+        raise UserInputError(f"No condition of the run has {metric!r} scored by {scoring}.")
     return rows

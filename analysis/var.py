@@ -18,8 +18,8 @@ a no-op can be told from an effect.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, get_args
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool
@@ -27,11 +27,11 @@ from jaxtyping import Bool
 from analysis import hooks
 from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook
 from analysis.capture import AttentionMaps, HookFn, attention_maps, forward
-from analysis.checks import ConfigError, check_choice, check_layers, check_settings
+from analysis.config import CONVENTIONS, VAR_PRESETS, VarConfig
+from analysis.errors import UserInputError
+from analysis.interventions.base import PrefillState, SinkTracker
 from analysis.results import ResultMixin
-from analysis.sinks import DEFAULT_TAU, phi, sink_mask
 from analysis.var_math import (
-    Convention,
     image_attention_stats,
     key_category,
     key_masks,
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from analysis.tokens import ModelInputs
 
 __all__ = [
+    "CONVENTIONS",
     "PRESETS",
     "VarConfig",
     "VarIntervention",
@@ -61,102 +62,8 @@ __all__ = [
 ]
 
 
-# The values of VarConfig.convention and VarConfig.selection.
-CONVENTIONS: tuple[str, ...] = get_args(Convention)
-
-
-@dataclass(frozen=True)
-class VarConfig:
-    """Settings of VAR. Two named presets (:meth:`preset`); ``VarConfig()`` is ``paper``.
-
-    ``paper`` (the default) follows the paper's text: ``p`` is the fraction of
-    sink attention moved, a row is image-centric when ``s >= 0.2`` and
-    ``r >= rho`` (float32), sinks have ``phi >= tau``, VAR runs in layers
-    2 .. L-2 and the sink dims come from the registry or discovery.
-
-    ``official`` reproduces the authors' code (MICV-yonsei/VisAttnSink,
-    98e62d6) all at once: ``p`` and ``rho`` as its config states them (p = 0.6
-    *keeps* 0.6 of sink attention and moves 0.4; rho = 0.5 caps the visual
-    sink fraction), the sink fraction with ``1e-6`` per visual key in its
-    denominator compared with ``<=``, ``s`` and the fraction in the
-    attention's own dtype, sinks with ``phi > tau``, layers 2 .. L-1 (its flag
-    to skip the last layer never takes effect) and the registry's sink dims.
-
-    Attributes:
-        p, rho: see ``convention``.
-        min_image_attention: minimum ``s`` of a selected row.
-        tau: phi threshold of sink tokens.
-        layers: VAR layers; None means 2 .. L-2, or 2 .. L-1 with ``last_layer``.
-        convention: ``paper`` (p moved, r >= rho) or ``official`` (p kept,
-            visual sink fraction <= rho).
-        selection: ``paper`` (r >= rho in float32) or ``official``
-            (:func:`analysis.var_math.official_selection`).
-        strict_tau: sinks are ``phi > tau`` instead of ``phi >= tau``.
-        last_layer: default layers include the last one.
-        registry_dims: sink dims come only from the registry (no discovery).
-    """
-
-    p: float = 0.6
-    rho: float = 0.5
-    min_image_attention: float = 0.2
-    tau: float = DEFAULT_TAU
-    layers: tuple[int, ...] | None = None
-    convention: Convention = "paper"
-    selection: Convention = "paper"
-    strict_tau: bool = False
-    last_layer: bool = False
-    registry_dims: bool = False
-
-    def __post_init__(self) -> None:
-        check_settings(p=self.p, rho=self.rho, min_image_attention=self.min_image_attention)
-        check_settings(tau=self.tau)
-        check_choice("VAR convention", self.convention, CONVENTIONS)
-        check_choice("VAR selection", self.selection, CONVENTIONS)
-        check_layers("VAR layers", self.layers)
-        for name in ("strict_tau", "last_layer", "registry_dims"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"VAR {name} must be true or false, got {getattr(self, name)!r}.")
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> VarConfig:
-        """The ``paper`` or ``official`` preset, with any field overridden."""
-        if name not in PRESETS:
-            raise ValueError(f"Unknown VAR preset {name!r}; choose from {sorted(PRESETS)}.")
-        return cls(**{**PRESETS[name], **overrides})
-
-    @property
-    def preset_name(self) -> str | None:
-        """The preset this config equals on every field but ``layers``, if any."""
-        fields = {k: v for k, v in self.to_dict().items() if k != "layers"}
-        for name in PRESETS:
-            reference = {k: v for k, v in VarConfig.preset(name).to_dict().items() if k != "layers"}
-            if fields == reference:
-                return name
-        return None
-
-    @property
-    def moved_fraction(self) -> float:
-        """The fraction of sink attention moved in a selected row."""
-        return to_paper_convention(self.p, self.rho, self.convention)[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "official": {
-        "p": 0.6,
-        "rho": 0.5,
-        "min_image_attention": 0.2,
-        "tau": DEFAULT_TAU,
-        "convention": "official",
-        "selection": "official",
-        "strict_tau": True,
-        "last_layer": True,
-        "registry_dims": True,
-    },
-}
+# VarConfig lives with every other setting in analysis.config; kept importable here.
+PRESETS = VAR_PRESETS
 
 
 def default_var_layers(n_layers: int, last_layer: bool = False) -> list[int]:
@@ -232,9 +139,9 @@ class VarIntervention:
         self.model = model
         self.config = config or VarConfig()
         if dims is None and sinks is None:
-            raise ValueError("VAR needs sink dims (or explicit sink positions).")
+            raise UserInputError("VAR needs sink dims (or explicit sink positions).")
         if dims is not None and not dims:
-            raise ValueError(
+            raise UserInputError(
                 "VAR needs at least one sink dim: with none it would change nothing. "
                 "Pass dims explicitly or discover them (analysis.dims.sink_dims)."
             )
@@ -246,15 +153,26 @@ class VarIntervention:
         )
         for layer in layers:
             if not 0 <= layer < model.n_layers:
-                raise ValueError(f"VAR layer {layer} out of range (model has {model.n_layers}).")
+                raise UserInputError(
+                    f"VAR layer {layer} out of range (model has {model.n_layers})."
+                )
         self.layers = layers
         self.prefill_len = int(inputs.input_ids.shape[1])
         self.visual = inputs.visual
         self.queries = inputs.queries
         self.valid = inputs.stack("attention_mask")
-        self.fixed_sinks = None if sinks is None else sinks.bool() & self.valid
-        self._sinks: dict[int, torch.Tensor] = {}
-        self._seen: dict[int, int] = {}
+        # VAR removes attention from every sink, text sinks (BOS, delimiters) included.
+        self.tracker = SinkTracker(
+            dims=self.dims,
+            tau=self.config.tau,
+            strict=self.config.strict_tau,
+            scope="all",
+            valid=self.valid,
+            visual=self.visual,
+            fixed=sinks,
+        )
+        self.fixed_sinks = self.tracker.fixed
+        self.state = PrefillState(self.prefill_len)
         # Rows eligible per layer are known on the host from the shapes alone.
         self._rows = {key: [0] * len(layers) for key in ("prefill_rows", "decode_rows")}
         self._p, self._rho = to_paper_convention(
@@ -276,33 +194,29 @@ class VarIntervention:
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
         out: list[tuple[str, HookFn]] = []
         for slot, layer in enumerate(self.layers):
-            if self.fixed_sinks is None:
+            if self.tracker.needs_resid:
                 out.append((hooks.resid_pre(layer), self._sink_hook(layer)))
             out.append((hooks.attn_pattern(layer), self._pattern_hook(layer, slot)))
         return out
 
+    @property
+    def _sinks(self) -> dict[int, torch.Tensor]:
+        """Sinks per layer seen so far (all sinks, text ones included)."""
+        return {layer: self.tracker.sinks(layer) for layer in self.tracker.layers()}
+
     def _sink_hook(self, layer: int) -> HookFn:
         def hook(resid: torch.Tensor, hook: Any) -> None:
-            if resid.shape[1] != self.prefill_len:
-                return  # a decoding step: keep the prefill's sinks
-            assert self.dims is not None
-            sinks = sink_mask(
-                phi(resid, self.dims), self.config.tau, strict=self.config.strict_tau
-            ) & self.valid.to(resid.device)
-            self._sinks[layer] = sinks
-            return
+            self.tracker.observe(layer, resid)
 
         return hook
 
     def _layer_sinks(self, layer: int, device: torch.device) -> torch.Tensor:
-        if self.fixed_sinks is not None:
-            return self.fixed_sinks.to(device)
-        if layer not in self._sinks:
+        if not self.tracker.has(layer):
             raise RuntimeError(
                 f"VAR saw layer {layer}'s attention before its prefill; run the prompt "
                 "(prefill) with these hooks first."
             )
-        return self._sinks[layer].to(device)
+        return self.tracker.sinks(layer, device)
 
     def _key_tables(
         self, layer: int, device: torch.device, length: int, rebuild: bool
@@ -344,18 +258,15 @@ class VarIntervention:
             if given is not None:
                 n_query = int(hook.ctx[N_QUERY_KEY])
             device = pattern.device
-            prefill = n_query == self.prefill_len
+            prefill = self.state.is_prefill(n_query)
             # Tokens seen so far by this layer; the keys are the most recent n_key of
             # them (sliding-window caches keep only a window).
-            seen = n_query if prefill else self._seen.get(layer, self.prefill_len) + n_query
-            self._seen[layer] = seen
-            if n_key > seen:
-                raise RuntimeError(
-                    f"VAR hooks at layer {layer} got {n_key} keys after {seen} tokens: "
-                    "the hooks were built for another prompt."
-                )
+            seen = self.state.advance(layer, n_query)
+            try:
+                window = self.state.window(layer, n_key)
+            except RuntimeError as err:
+                raise RuntimeError(f"VAR: {err}") from None
             masks, category, has_visual_sink = self._key_tables(layer, device, seen, prefill)
-            window = slice(seen - n_key, seen)
             masks, category = masks[:, window], category[:, window]
             if window.start > 0:  # a sliding window dropped early keys, maybe the sinks
                 has_visual_sink = (masks[..., 0] > masks[..., 1]).any(dim=-1)
@@ -400,7 +311,7 @@ class VarIntervention:
 
         def rows(n_query: int, n_key: int, device: torch.device) -> torch.Tensor | None:
             # The prefill's text-query rows; a decoding step's rows are all new tokens.
-            return self._query_rows.to(device) if n_query == self.prefill_len else None
+            return self._query_rows.to(device) if self.state.is_prefill(n_query) else None
 
         return row_sparse_hook(hook, rows)
 
@@ -453,6 +364,10 @@ class VarIntervention:
             dict(zip(columns, values, strict=True))
             for values in zip(*columns.values(), strict=True)
         ]
+
+    def summary(self) -> dict[str, Any]:
+        """Rows changed and mass moved over the batch (:meth:`VarRecord.summary`)."""
+        return self.record().summary()
 
     def record(self) -> VarRecord:
         def counts(key: str) -> list[int]:

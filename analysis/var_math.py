@@ -47,6 +47,9 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float
 
+from analysis.config import MIN_IMAGE_ATTENTION, RHO, P
+from analysis.errors import UserInputError
+
 __all__ = [
     "OFFICIAL_VISUAL_EPS",
     "image_attention_stats",
@@ -105,7 +108,7 @@ def _check_pattern_and_masks(
 def _check_fraction(name: str, value: float) -> None:
     # Written so that NaN fails too.
     if not (0.0 <= float(value) <= 1.0):
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+        raise UserInputError(f"{name} must be in [0, 1], got {value}")
 
 
 def _key_sums(
@@ -203,7 +206,7 @@ def to_paper_convention(p: float, rho: float, convention: str) -> tuple[float, f
         return float(p), float(rho)
     if convention == "official":
         return 1.0 - float(p), 1.0 - float(rho)
-    raise ValueError(f"convention must be 'paper' or 'official', got {convention!r}")
+    raise UserInputError(f"convention must be 'paper' or 'official', got {convention!r}")
 
 
 def _select(
@@ -283,8 +286,8 @@ def redistribution_rows(
     visual: Bool[torch.Tensor, "batch key"],
     sinks: Bool[torch.Tensor, "batch key"],
     queries: Bool[torch.Tensor, "batch query"],
-    rho: float = 0.5,
-    min_image_attention: float = 0.2,
+    rho: float = RHO,
+    min_image_attention: float = MIN_IMAGE_ATTENTION,
 ) -> Bool[torch.Tensor, "batch head query"]:
     """Rows ``(batch, head, query)`` that VAR redistributes (paper convention).
 
@@ -320,9 +323,9 @@ def redistribute_attention_with_stats(
     visual: Bool[torch.Tensor, "batch key"],
     sinks: Bool[torch.Tensor, "batch key"],
     queries: Bool[torch.Tensor, "batch query"],
-    p: float = 0.6,
-    rho: float = 0.5,
-    min_image_attention: float = 0.2,
+    p: float = P,
+    rho: float = RHO,
+    min_image_attention: float = MIN_IMAGE_ATTENTION,
     convention: Convention = "paper",
 ) -> tuple[
     Float[torch.Tensor, "batch head query key"],
@@ -443,9 +446,9 @@ def redistribute_attention(
     visual: Bool[torch.Tensor, "batch key"],
     sinks: Bool[torch.Tensor, "batch key"],
     queries: Bool[torch.Tensor, "batch query"],
-    p: float = 0.6,
-    rho: float = 0.5,
-    min_image_attention: float = 0.2,
+    p: float = P,
+    rho: float = RHO,
+    min_image_attention: float = MIN_IMAGE_ATTENTION,
     convention: Convention = "paper",
 ) -> Float[torch.Tensor, "batch head query key"]:
     """VAR on one layer's pattern; see :func:`redistribute_attention_with_stats`."""

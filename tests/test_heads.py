@@ -141,3 +141,41 @@ def test_zoo_planted_image_centric_heads_are_selected_and_ranked_first(planted):
     for layer, head in planted_heads:
         assert float(per["s"][:, layer, head].min()) > 0.8
         assert float(per["r"][:, layer, head].min()) > 0.75
+
+
+def test_vsink_heads_and_the_run_summary_rank_heads_alike(tmp_path):
+    """One ranking (rank_heads): HeadScores.ranked (``vsink heads``) and a run summary's
+    ``heads.top`` list the same heads in the same order, the planted ones first."""
+    from PIL import Image
+
+    from analysis.capture import forward
+    from analysis.config import MIN_IMAGE_ATTENTION, RHO
+    from analysis.config import TAU as PAPER_TAU
+    from analysis.interventions.baseline import PrefillStats, prefill_summary
+    from analysis.loading import load_model
+    from analysis.testing.planted import PROMPT, ZOO, build_planted, image_paths
+
+    spec = next(s for s in ZOO if s.name == "llava_eight_heads")
+    path = build_planted(spec, tmp_path / spec.name)
+    model = load_model(path / "model", device="cpu")
+    images = [Image.open(p).convert("RGB") for p in image_paths(path)]
+    inputs = build_batch(model, [(image, PROMPT) for image in images])
+    dims = sorted(spec.sink_dims)
+    scores = score_heads(model, inputs, dims=dims, show_progress=False)
+    stats = PrefillStats(
+        model, inputs, dims=dims, tau=PAPER_TAU, rho=RHO, min_image_attention=MIN_IMAGE_ATTENTION
+    )
+    forward(model, inputs, stats.fwd_hooks(), logits_to_keep=1)
+    records = [{"image": f"planted_{i}", **row} for i, row in enumerate(stats.per_sample())]
+    top = [(row["layer"], row["head"]) for row in prefill_summary(records)["heads"]["top"]]
+    ranked = [(row["layer"], row["head"]) for row in scores.ranked(top=len(top))]
+    assert top == ranked
+    planted = {tuple(h) for h in spec.image_centric_heads}
+    assert set(top[: len(planted)]) == planted
+    # Heads of layers without a visual sink (r = 1 there by definition) rank after the
+    # others; the former summary order (selected, r, layer, head) put them first.
+    assert all(layer in set(spec.sink_layers) for layer, _ in top)
+    means = prefill_summary(records)["heads"]["mean"]
+    cells = [(layer, head) for layer in range(spec.n_layers) for head in range(spec.n_heads)]
+    former = sorted(cells, key=lambda c: (-means["selected"][c[0]][c[1]], -means["r"][c[0]][c[1]]))
+    assert former[: len(top)] != top

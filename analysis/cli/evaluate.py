@@ -118,8 +118,8 @@ def eval_(
     conditions: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: baseline, var[:p=..,rho=..], ablate-sinks, "
-            "ablate-random[:draws=K], ablate-nonsink, ablate-visual."
+            help="Comma-separated conditions, e.g. baseline, var[:p=..,rho=..,to=text], "
+            "ablate-sinks, ablate-random[:draws=K]; `vsink conditions` lists every kind."
         ),
     ] = "baseline,var,ablate-sinks,ablate-random",
     out: Annotated[Path, typer.Option(help="Run folder (required; resumed when it exists).")] = ...,  # type: ignore[assignment]
@@ -291,6 +291,17 @@ def write_sweep_figure(run_dir: Path, *, metric: str | None, scoring: str, x: st
     rows = sweep_rows(summary, read_manifest(run_dir)["conditions"], metric=metric, scoring=scoring)
     fig = sweep_figure(rows, x=x)
     return [write_html(fig, run_dir / "sweep.html"), to_png(fig, run_dir / "sweep.png")]
+
+
+@app.command()
+@friendly
+def conditions() -> None:
+    """List every registered condition kind and its options (for --conditions)."""
+    from analysis.interventions import registry
+
+    for kind, spec in registry.kinds().items():
+        aliases = f"  (also {', '.join(spec.aliases)})" if spec.aliases else ""
+        console.print(escape(f"{kind}: {spec.grammar or kind}{aliases}"), soft_wrap=True)
 
 
 @app.command()

@@ -122,14 +122,10 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
         console.print(
             escape(f"image-centric heads (layer, head): {summary['heads']['image_centric']}")
         )
-    for name, entry in summary["conditions"].items():
-        if "var" in entry:
-            var = entry["var"]
-            console.print(
-                f"{escape(name)}: {var['rows_changed_mean']:.1f} rows changed and "
-                f"{var['mass_moved_mean']:.3f} attention mass moved per item; "
-                f"no-op on {var['noop_items']} items"
-            )
+    from analysis.interventions.registry import summary_lines
+
+    for line in summary_lines(summary):
+        console.print(escape(line))
     if not summary["complete"]:
         expected = summary.get("n_items_expected", summary["n_items"])
         console.print(

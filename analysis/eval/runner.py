@@ -4,7 +4,7 @@ Each item is scored twice in one pass: by the log-probabilities of the
 candidate answers' first tokens after the prompt (yes vs no) and by greedy
 generation (parsed with the official POPE rule). The first-step logits of
 generation are exactly those of a plain forward, so one generation call gives
-both scores. In the baseline pass :class:`PrefillStats` collects, per item and
+both scores. In the baseline pass :class:`analysis.interventions.baseline.PrefillStats` collects, per item and
 without keeping any attention pattern, the visual sink count of every layer
 and the head scores s, r and the image-centric fraction.
 """
@@ -15,14 +15,12 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from jaxtyping import Float
 
 from analysis.capture import HookFn
 from analysis.config import EvalConfig
 from analysis.generation import answer_logprobs, answer_token_ids, generate, next_token_logprobs
-from analysis.heads import HeadStatsHooks
 
 if TYPE_CHECKING:
     from analysis.datasets import Item
@@ -61,36 +59,6 @@ def predict_from_text(text: str, answers: Sequence[str]) -> str | None:
 
 
 # --------------------------------------------------------------------------- hooks
-
-
-class PrefillStats(HeadStatsHooks):
-    """Sink counts and head scores of one batch, collected during the prefill of a run."""
-
-    def __init__(
-        self,
-        model: LoadedModel,
-        inputs: ModelInputs,
-        *,
-        dims: Sequence[int],
-        tau: float,
-        rho: float,
-        min_image_attention: float,
-    ) -> None:
-        super().__init__(model, inputs, dims=dims, tau=tau)
-        self.rho, self.min_image_attention = rho, min_image_attention
-
-    def per_sample(self) -> list[dict[str, Any]]:
-        """Per sample: visual sinks per layer and [layer][head] means of s, r, selected."""
-        scores = self.scores(rho=self.rho, min_image_attention=self.min_image_attention)
-        means = scores.per_sample()
-        rounded = {k: np.round(v.double().numpy(), HEAD_SCORE_DECIMALS) for k, v in means.items()}
-        return [
-            {
-                "sinks": self.sink_counts[b].tolist(),
-                "heads": {k: v[b].tolist() for k, v in rounded.items()},
-            }
-            for b in range(self.sink_counts.shape[0])
-        ]
 
 
 def score_batch(

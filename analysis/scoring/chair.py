@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.datasets import DatasetError
+from analysis.errors import UserInputError
 
 # COCO category -> words and phrases that name it.
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -222,7 +223,7 @@ def chair_caption(caption: str, annotated: Iterable[str]) -> ChairCaption:
 def chair_scores(captions: Sequence[ChairCaption]) -> dict[str, float]:
     """CHAIR_i, CHAIR_s and recall, in percent."""
     if not captions:
-        raise ValueError("CHAIR needs at least one caption.")
+        raise UserInputError("CHAIR needs at least one caption.")
     mentions = sum(len(c.mentioned) for c in captions)
     hallucinated = sum(len(c.hallucinated) for c in captions)
     annotated = sum(len(c.annotated) for c in captions)

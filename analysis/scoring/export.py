@@ -21,14 +21,16 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from analysis.errors import UserInputError
+
 
 def _generations(records: Sequence[Mapping[str, Any]], condition: str) -> list[Mapping[str, Any]]:
     rows = [r for r in records if r["condition"] == condition]
     if not rows:
-        raise ValueError(f"The run has no records of condition {condition!r}.")
+        raise UserInputError(f"The run has no records of condition {condition!r}.")
     missing = [str(r["id"]) for r in rows if "generated" not in r]
     if missing:
-        raise ValueError(
+        raise UserInputError(
             f"Condition {condition!r} has no generations (items {missing[:3]}...): "
             "run with --max-new-tokens > 0."
         )
@@ -61,16 +63,18 @@ def mmhal(
     rows: Sequence[Mapping[str, Any]], *, template: Sequence[Mapping[str, Any]] | None, **_: Any
 ) -> str:
     if template is None:
-        raise ValueError("mmhal export needs MMHal-Bench's response_template.json (--template).")
+        raise UserInputError(
+            "mmhal export needs MMHal-Bench's response_template.json (--template)."
+        )
     out = [dict(entry) for entry in template]
     for r in rows:
         index = int(r["id"])
         if not 0 <= index < len(out):
-            raise ValueError(f"Item {r['id']} is not an entry of the template ({len(out)}).")
+            raise UserInputError(f"Item {r['id']} is not an entry of the template ({len(out)}).")
         out[index]["model_answer"] = r["generated"]
     empty = [i for i, entry in enumerate(out) if not entry.get("model_answer")]
     if empty:
-        raise ValueError(f"Template entries {empty[:5]} have no generation in the run.")
+        raise UserInputError(f"Template entries {empty[:5]} have no generation in the run.")
     return json.dumps(out, indent=2) + "\n"
 
 
@@ -91,6 +95,6 @@ def export_judge(
 ) -> str:
     """The text of the judge's input file for one condition of a run."""
     if fmt not in JUDGE_FORMATS:
-        raise ValueError(f"--format must be one of {', '.join(JUDGE_FORMATS)}, got {fmt!r}.")
+        raise UserInputError(f"--format must be one of {', '.join(JUDGE_FORMATS)}, got {fmt!r}.")
     rows = _generations(records, condition)
     return JUDGE_FORMATS[fmt](rows, model_id=model_id, template=template)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from analysis.config import CI_LEVEL, N_BOOT, SEED
+from analysis.errors import UserInputError
 from analysis.scoring.answers import normalize_vqa
 from analysis.stats import bootstrap_indices, interval, paired_difference
 
@@ -62,7 +63,7 @@ VQA_MATCHES_FOR_FULL_CREDIT = 3
 def vqa_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
     """VQA accuracy of one predicted answer against its (usually 10) human answers."""
     if not human_answers:
-        raise ValueError("VQA accuracy needs at least one human answer.")
+        raise UserInputError("VQA accuracy needs at least one human answer.")
     answer = normalize_vqa(prediction)
     humans = [a.replace("\n", " ").replace("\t", " ").strip() for a in human_answers]
     if len(set(humans)) > 1:
@@ -102,7 +103,7 @@ def group_units(
 ) -> list[Unit]:
     """Units from per-question scores: questions sharing a key form one unit, in first-seen order."""
     if len(keys) != len(scores) or (groups is not None and len(groups) != len(keys)):
-        raise ValueError("keys, scores and groups must have one entry per question.")
+        raise UserInputError("keys, scores and groups must have one entry per question.")
     order: dict[str, list[int]] = {}
     for index, key in enumerate(keys):
         order.setdefault(key, []).append(index)
@@ -110,7 +111,7 @@ def group_units(
     for indices in order.values():
         group = "" if groups is None else groups[indices[0]]
         if groups is not None and any(groups[i] != group for i in indices):
-            raise ValueError(f"questions of one unit fall in different groups: {indices}")
+            raise UserInputError(f"questions of one unit fall in different groups: {indices}")
         out.append(Unit(tuple(float(scores[i]) for i in indices), group))
     return out
 
@@ -196,10 +197,10 @@ def paired_bootstrap(
     """
     n = len(baseline)
     if n == 0:
-        raise ValueError("paired_bootstrap needs at least one unit.")
+        raise UserInputError("paired_bootstrap needs at least one unit.")
     for name, units in others.items():
         if len(units) != n:
-            raise ValueError(f"condition {name!r} has {len(units)} units, the baseline {n}.")
+            raise UserInputError(f"condition {name!r} has {len(units)} units, the baseline {n}.")
     draws = bootstrap_indices(n, n_boot, seed)
     conditions = {"baseline": list(baseline), **{k: list(v) for k, v in others.items()}}
     points = {name: dict(metric(units)) for name, units in conditions.items()}

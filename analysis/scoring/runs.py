@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis.errors import UserInputError
 from analysis.scoring.answers import parse_choice, parse_yes_no_prefix
 from analysis.scoring.metrics import METRICS, Unit, group_units, paired_bootstrap
 from analysis.scoring.readers import BenchItem
@@ -46,11 +47,13 @@ def check_items(items: Sequence[BenchItem]) -> str:
     """One benchmark per run, labels among each item's candidates; the benchmark's name."""
     names = sorted({b.benchmark for b in items})
     if len(names) != 1:
-        raise ValueError(f"One benchmark per run, got {names}.")
+        raise UserInputError(f"One benchmark per run, got {names}.")
     for b in items:
         allowed = candidates(b)
         if allowed and b.item.label is not None and b.item.label not in allowed:
-            raise ValueError(f"Item {b.item.id}: label {b.item.label!r} is not one of {allowed}.")
+            raise UserInputError(
+                f"Item {b.item.id}: label {b.item.label!r} is not one of {allowed}."
+            )
     return names[0]
 
 
@@ -245,7 +248,7 @@ def chair_summary(
             by_condition[r["condition"]][str(r["id"])] = r
     present = [n for n in names if by_condition[n]]
     if not present:
-        raise ValueError("The run has no generations: run it with --max-new-tokens > 0.")
+        raise UserInputError("The run has no generations: run it with --max-new-tokens > 0.")
     common = set.intersection(*(set(by_condition[n]) for n in present))
     order = sorted(common, key=lambda i: int(by_condition[present[0]][i]["index"]))
     units: dict[str, list[Unit]] = {}
@@ -256,7 +259,7 @@ def chair_summary(
             image = str(record["image"])
             truth = objects.get(image, objects.get(PurePosixPath(image).name))
             if truth is None:
-                raise ValueError(f"Image {image!r} has no COCO annotations in the file given.")
+                raise UserInputError(f"Image {image!r} has no COCO annotations in the file given.")
             c = chair_caption(str(record["generated"]), truth)
             counts = (
                 len(c.mentioned),

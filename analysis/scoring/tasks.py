@@ -53,7 +53,7 @@ class Task:
 
     def units(self, items: Sequence[BenchItem], texts: Sequence[str]) -> list[Unit]:
         if len(items) != len(texts):
-            raise ValueError(f"{len(items)} items but {len(texts)} answers.")
+            raise UserInputError(f"{len(items)} items but {len(texts)} answers.")
         scores = [self.score(item, text) for item, text in zip(items, texts, strict=True)]
         groups = [item.category for item in items]
         return group_units([item.unit for item in items], scores, groups)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
+from analysis.errors import UserInputError
 from analysis.viz.overlays import attention_comparison
 from analysis.viz.style import (
     TEMPLATE,
@@ -57,9 +58,9 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, x: str = "p", title: str = "
     """
     points = [r for r in rows if r["setting"]]
     if not points:
-        raise ValueError("A sweep figure needs at least one VAR setting.")
+        raise UserInputError("A sweep figure needs at least one VAR setting.")
     if not all(x in r["setting"] for r in points):
-        raise ValueError(f"Every setting must have {x!r}.")
+        raise UserInputError(f"Every setting must have {x!r}.")
     others = sorted({k for r in points for k in r["setting"] if k != x})
     metric = points[0]["metric"]
     fig = go.Figure()

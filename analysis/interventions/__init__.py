@@ -1,0 +1,12 @@
+"""Interventions: hooks that edit a forward, and the condition kinds of an evaluation run.
+
+* :mod:`analysis.interventions.base`: the :class:`~analysis.interventions.base.Intervention`
+  protocol, the shared :class:`~analysis.interventions.base.PrefillState` and
+  :class:`~analysis.interventions.base.SinkTracker`, and the
+  :class:`~analysis.interventions.base.ConditionSpec` every kind subclasses;
+* :mod:`analysis.interventions.registry`: the condition grammar and the kinds;
+* one file per kind: ``baseline``, ``var``, ``var_ablations``, ``var_text``, ``knockout``.
+
+Importing this package loads only ``base`` (the hook modules import it); the kinds
+load with the registry.
+"""
