@@ -385,8 +385,7 @@ def visual_geometry(
     positions = (input_ids == model.image_token_id).nonzero().flatten()
     grids: list[GridSpec] = []
     rows: list[tuple[int, int, int, int, bool]] = []
-    for index, size in enumerate(image_sizes):
-        specs, tokens = model.family.image_tokens(model, index, size)
+    for index, (specs, tokens) in enumerate(model.family.sample_tokens(model, image_sizes)):
         grids += specs
         rows += [(index, tile, r, c, sep) for tile, r, c, sep in tokens]
     if len(rows) != positions.numel():

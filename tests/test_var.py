@@ -34,10 +34,12 @@ def _inputs(model):
 
 
 def _planted_sinks(inputs):
-    """BOS and the first visual token of every sample: random models have no sinks of their own."""
+    """BOS (where the family has one) and the first visual token of every sample: random
+    models have no sinks of their own."""
     sinks = torch.zeros(inputs.input_ids.shape, dtype=torch.bool)
     for index, layout in enumerate(inputs.layouts):
-        sinks[index, layout.bos_position] = True
+        if layout.bos_position is not None:
+            sinks[index, layout.bos_position] = True
         sinks[index, int(layout.geometry.positions[0])] = True
     return sinks
 
@@ -112,7 +114,9 @@ def test_no_visual_sink_means_no_change(tiny):
     inputs = _inputs(tiny)
     only_bos = torch.zeros(inputs.input_ids.shape, dtype=torch.bool)
     for index, layout in enumerate(inputs.layouts):
-        only_bos[index, layout.bos_position] = True
+        # A text sink only: BOS, or the first token of a family without one (Qwen2).
+        first = layout.bos_position if layout.bos_position is not None else layout.first_position
+        only_bos[index, first] = True
     with eager_attention(tiny):
         base = forward(tiny, inputs)
         logits, record = run_with_var(tiny, inputs, dims=None, sinks=only_bos, config=LOOSE)

@@ -173,6 +173,16 @@ class Family(ABC):
     ) -> tuple[list[GridSpec], list[VisualToken]]:
         """The grids of one image of original ``size`` (height, width) and its visual tokens in sequence order."""
 
+    def sample_tokens(
+        self, model: LoadedModel, sizes: list[tuple[int, int]]
+    ) -> list[tuple[list[GridSpec], list[VisualToken]]]:
+        """:meth:`image_tokens` of every image of one sample, in prompt order.
+
+        Override where the number of images in a sample changes each image's
+        layout (LLaVA-OneVision tiles only a sample's single image).
+        """
+        return [self.image_tokens(model, index, size) for index, size in enumerate(sizes)]
+
     # ------------------------------------------------------------------ the bridge
 
     def prepare_bridge(self, bridge: Any) -> None:

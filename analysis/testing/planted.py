@@ -92,7 +92,7 @@ PROMPT = "describe the image ."
 
 BACKGROUND, OBJECT, SINK = 0, 1, 2  # cell classes
 SHADES = {BACKGROUND: (200, 200, 200), OBJECT: (230, 230, 40), SINK: (60, 60, 60)}
-FAMILIES = ("llava", "llava_next", "gemma3", "idefics3")
+FAMILIES = ("llava", "llava_next", "gemma3", "llava_onevision", "idefics3")
 Source = Literal["mlp", "projector"]
 SinksOn = Literal["bos", "visual", "both"]
 
@@ -280,6 +280,14 @@ ZOO: tuple[PlantedSpec, ...] = (
     ),
     PlantedSpec("gemma3_base", family="gemma3", visual_sink_fraction=0.25),
     PlantedSpec(
+        "llava_onevision_base",
+        family="llava_onevision",
+        sink_dims=(200, 901),
+        visual_sink_fraction=0.2,
+        image_centric_heads=((2, 1), (4, 3)),
+        notes="Qwen2 text model (q/k/v biases 0), SigLIP tower, anyres grid = the image",
+    ),
+    PlantedSpec(
         "idefics3_base",
         family="idefics3",
         visual_sink_fraction=0.2,
@@ -328,9 +336,9 @@ def cell_pixels(spec: PlantedSpec) -> int:
 
 
 def visual_copies(spec: PlantedSpec) -> int:
-    """Visual tokens of one cell: LLaVA-NeXT's base and hi-res tile, Idefics3's four tile
+    """Visual tokens of one cell: LLaVA-NeXT's / OneVision's base and hi-res grid, Idefics3's four tile
     tokens and one global token, else one."""
-    return {"llava_next": 2, "idefics3": 5}.get(spec.family, 1)
+    return {"llava_next": 2, "llava_onevision": 2, "idefics3": 5}.get(spec.family, 1)
 
 
 def image_size(spec: PlantedSpec) -> int:
@@ -453,11 +461,12 @@ class _Plan:
     def counts(self) -> dict[str, float]:
         """Keys a text query sees: visual tokens by class, text tokens, sinks."""
         s = self.spec
+        anyres = s.family in ("llava_next", "llava_onevision")  # base + hi-res grid, newlines
         tiles = visual_copies(s)
         r0, r1, c0, c1 = s.object_cells
         n_obj = tiles * (r1 - r0) * (c1 - c0)
         n_vs = tiles * s.n_visual_sinks if s.visual_sinks else 0
-        n_vis = tiles * s.grid**2 + (s.grid if s.family == "llava_next" else 0)
+        n_vis = tiles * s.grid**2 + (s.grid if anyres else 0)
         n_text_sinks = int(s.bos_sink) + int(s.delimiter_sink and s.has_sinks)
         n_sinks = n_vs + n_text_sinks
         markup = 0
@@ -914,6 +923,12 @@ def _build_gemma3(spec: PlantedSpec) -> tuple[Any, Any]:
     return model.eval(), processor
 
 
+def _build_onevision(spec: PlantedSpec) -> tuple[Any, Any]:
+    from analysis.testing.planted_onevision import build_onevision
+
+    return build_onevision(spec)
+
+
 def _build_idefics3(spec: PlantedSpec) -> tuple[Any, Any]:
     from analysis.testing.planted_idefics3 import build_idefics3
 
@@ -924,6 +939,7 @@ _BUILDERS = {
     "llava": _build_llava,
     "llava_next": _build_llava,
     "gemma3": _build_gemma3,
+    "llava_onevision": _build_onevision,
     "idefics3": _build_idefics3,
 }
 
