@@ -57,8 +57,16 @@ MIN_LAYER_FRACTION = 0.5
 N_BOOT_QUICK = 200
 #: random knock-out draws of :func:`analysis.ablation.ablate`.
 DRAWS = 5
-#: heads listed in a run summary's ``heads.top``.
+#: heads listed in a run summary's ``heads.top`` and by ``vsink heads``.
 TOP_HEADS = 10
+#: random knock-out draws of the one-page report (a smaller, quicker control).
+REPORT_DRAWS = 3
+#: a massive activation peaks at least this many times the layer's median |x|.
+DIM_MIN_RATIO = 100.0
+#: absolute floor on a massive activation's peak (0: off).
+DIM_MIN_ABS = 0.0
+#: PNG resolution, times the figure size.
+PNG_SCALE = 2.0
 
 # --------------------------------------------------------------------------- settings objects
 #

@@ -52,6 +52,7 @@ from jaxtyping import Bool, Float
 from analysis import hooks
 from analysis.capture import bind, forward, progress
 from analysis.checks import FRACTION, check_layers, check_settings
+from analysis.config import DIM_MIN_ABS, DIM_MIN_RATIO, MAX_TEXT_FRACTION, MIN_LAYER_FRACTION
 from analysis.errors import UserInputError
 from analysis.results import ResultMixin, provenance
 
@@ -111,10 +112,10 @@ class DimThresholds:
             first one or two layers, so layer 0's input (the embeddings) is skipped.
     """
 
-    min_ratio: float = 100.0
-    min_abs: float = 0.0
-    max_text_fraction: float = 0.5
-    min_layer_fraction: float = 0.5
+    min_ratio: float = DIM_MIN_RATIO
+    min_abs: float = DIM_MIN_ABS
+    max_text_fraction: float = MAX_TEXT_FRACTION
+    min_layer_fraction: float = MIN_LAYER_FRACTION
     first_layer: int = 1
 
     def __post_init__(self) -> None:

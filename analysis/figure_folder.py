@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis import viz
+from analysis.config import PNG_SCALE
 from analysis.errors import UserInputError
 from analysis.figures import FIGURES, FigureResults, FigureSpec, draw_figures
 from analysis.fsio import write_atomic
@@ -191,7 +192,7 @@ def write_figures(
     *,
     names: Sequence[str] | None = None,
     formats: Sequence[str] = ("png", "html", "json"),
-    scale: float = 2.0,
+    scale: float = PNG_SCALE,
     command: str = "vsink figures",
     show_progress: bool = True,
 ) -> FigureSet:

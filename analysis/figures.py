@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from analysis import viz
-from analysis.config import MIN_IMAGE_ATTENTION, RHO, TAU, P
+from analysis.config import DRAWS, MIN_IMAGE_ATTENTION, PNG_SCALE, RHO, TAU, P
 from analysis.errors import UserInputError
 from analysis.results import provenance
 
@@ -218,7 +218,7 @@ def compute_results(
     focus: int = 0,
     layer: int | None = None,
     n_queries: int = 4,
-    draws: int = 5,
+    draws: int = DRAWS,
     show_progress: bool = True,
 ) -> FigureResults:
     """Run every analysis the figures need, each once.
@@ -407,10 +407,10 @@ def make_figures(
     focus: int = 0,
     layer: int | None = None,
     n_queries: int = 4,
-    draws: int = 5,
+    draws: int = DRAWS,
     names: Sequence[str] | None = None,
     formats: Sequence[str] = ("png", "html", "json"),
-    scale: float = 2.0,
+    scale: float = PNG_SCALE,
     command: str = "vsink figures",
     show_progress: bool = True,
 ) -> FigureSet:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis import viz
-from analysis.config import MAX_NEW_TOKENS, RHO, TAU, P
+from analysis.config import MAX_NEW_TOKENS, REPORT_DRAWS, RHO, TAU, P
 from analysis.figures import DEFAULT_PROMPT, FIGURES, FigureResults, compute_results, draw_figures
 from analysis.fsio import write_atomic
 from analysis.results import to_jsonable
@@ -165,7 +165,7 @@ def make_report(
     rho: float = RHO,
     p: float = P,
     layer: int | None = None,
-    draws: int = 3,
+    draws: int = REPORT_DRAWS,
     max_new_tokens: int = MAX_NEW_TOKENS,
     show_progress: bool = True,
 ) -> Path:

@@ -252,7 +252,7 @@ def test_vqa_questions_with_human_answers(runner, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--benchmark", "mme"], "exactly one of --tsv, --hf or --questions"),
+        (["--benchmark", "mme"], "exactly one of --tsv, --hf, --questions or --data"),
         (["--benchmark", "nope", "--tsv", "x.tsv"], "--benchmark must be one of"),
         (["--tsv", "x.tsv"], "need --benchmark"),
     ],
@@ -453,3 +453,77 @@ def test_vsink_chair_on_a_demo_run(runner, tmp_path):
     assert metrics["recall"]["value"] == 0.0
     assert data["n_captions"] == 2
     assert "CHAIR over 2 captions" in result.output
+
+
+def test_data_reads_any_registered_format_by_suffix_or_format(runner, tmp_path):
+    """--data picks the reader by suffix (+ --benchmark) or by --format; same items, same scores."""
+    rows = mme_rows()
+    by_suffix = write_tsv(tmp_path / "mme.tsv", rows)
+    # A suffix no reader claims: only --format can name its reader.
+    by_name = write_tsv(tmp_path / "mme.txt", rows)
+    args = ["--benchmark", "mme", "--conditions", "baseline", "--max-new-tokens", "0"]
+    scores = {}
+    for name, extra in (
+        ("tsv", ["--tsv", str(by_suffix)]),
+        ("suffix", ["--data", str(by_suffix)]),
+        ("format", ["--data", str(by_name), "--format", "tsv"]),
+    ):
+        _, summary = _eval(runner, tmp_path / name, *args, *extra)
+        bench = summary["benchmark"]
+        assert bench["logprob"]["n_items"] == 8
+        # As in the --tsv test: color 200, existence 3/4 right with one of two images all right.
+        assert _value(bench, "baseline", "perception") == pytest.approx(325.0)
+        scores[name] = bench["logprob"]["conditions"]["baseline"]["metrics"]
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert manifest["dataset"]["format"] == "tsv"
+        assert manifest["dataset"]["benchmark"] == "mme"
+    assert scores["suffix"] == scores["tsv"] == scores["format"]
+    assert json.loads((tmp_path / "format" / "manifest.json").read_text())["dataset"][
+        "source"
+    ] == str(by_name)
+
+    # Plain items: a .jsonl without --benchmark is read as POPE questions (by suffix).
+    questions = DEMO_MODEL_DIR.parent / "questions.jsonl"
+    plain = ["--data", str(questions), "--images", str(IMAGES), "--limit", "4"]
+    _, summary = _eval(runner, tmp_path / "pope", *plain, "--conditions", "baseline",
+                       "--max-new-tokens", "0", "--no-stats")  # fmt: skip
+    baseline = summary["conditions"]["baseline"]
+    assert baseline["n"] == 4
+    assert baseline["logprob"]["accuracy"]["value"] == 1.0  # the demo answers its questions
+    manifest = json.loads((tmp_path / "pope" / "manifest.json").read_text())
+    assert manifest["dataset"]["format"] == "pope"
+    assert manifest["dataset"]["source"] == str(questions)
+
+
+def test_data_and_format_errors_are_one_line(runner, tmp_path):
+    from analysis.scoring.readers import readers
+
+    tsv = write_tsv(tmp_path / "mme.tsv", mme_rows()[:2])
+    cases = [
+        (["--benchmark", "mme", "--data", str(tsv), "--format", "nope"],
+         "Unknown dataset format 'nope'; registered: "),
+        (["--data", str(tsv), "--format", "nope"], "Unknown dataset format 'nope'; registered: "),
+        (["--benchmark", "mme", "--tsv", str(tsv), "--format", "tsv"],
+         "--format names the reader of --data; pass --data."),
+        (["--format", "tsv"], "--format names the reader of --data; pass --data."),
+        (["--benchmark", "mme", "--tsv", str(tsv), "--data", str(tsv)],
+         "exactly one of --tsv, --hf, --questions or --data"),
+        (["--data", str(tsv), "--questions", str(tsv)], "either --data or --questions"),
+        (["--data", str(tsv)], "No dataset reader reads .tsv for plain items"),
+        (["--benchmark", "mme", "--data", str(tmp_path / "mme.csv")], "not found"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = runner.invoke(cli.app, ["eval", "--out", str(tmp_path / "r"), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+        assert not (tmp_path / "r" / "records.jsonl").exists()
+    # The unknown-format line lists every registered reader.
+    result = runner.invoke(cli.app, ["eval", "--out", str(tmp_path / "r"), *cases[0][0]])
+    for name in readers():
+        assert f"{name} (" in result.output
+    assert {"tsv", "hf", "llava", "pope", "folder"} <= set(readers())
+    # sweep reads its items the same way.
+    result = runner.invoke(cli.app, ["sweep", "--out", str(tmp_path / "s"), *cases[0][0]])
+    assert result.exit_code == 2, result.output
+    assert "Unknown dataset format 'nope'; registered: " in result.output

@@ -21,6 +21,7 @@ from analysis.cli.inputs import (
 from analysis.cli.options import (
     ANSWERS,
     QUESTION_PROMPT,
+    AllowUnknownConfigOpt,
     BatchOpt,
     BootOpt,
     DeviceMapOpt,
@@ -40,10 +41,12 @@ from analysis.cli.root import app, friendly
 from analysis.cli.tables import _ci, console, print_wide, write_json
 from analysis.config import (
     BATCH_SIZE,
+    DRAWS,
     N_BOOT,
     SEED,
     TAU,
 )
+from analysis.errors import UserInputError
 
 
 @app.command()
@@ -57,7 +60,7 @@ def ablate(
         typer.Option(help="sinks, random, nonsink, visual or positions (repeatable)."),
     ] = None,
     answers: Annotated[str, typer.Option(help="Comma-separated candidate answers.")] = ANSWERS,
-    draws: Annotated[int, typer.Option(help="Random draws for target=random.")] = 5,
+    draws: Annotated[int, typer.Option(help="Random draws for target=random.")] = DRAWS,
     mode: Annotated[
         str, typer.Option(help="pre (renormalise) or post (zero, no renormalise).")
     ] = "pre",
@@ -85,6 +88,7 @@ def ablate(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = None,
@@ -136,13 +140,21 @@ def ablate(
             max_length=max_length,
             force=force,
             json_out=json_out,
+            allow_unknown_config=allow_unknown_config,
         )
         return
     if images is not None:
-        raise ValueError("--images is for dataset mode (with --questions); use --image.")
+        raise UserInputError("--images is for dataset mode (with --questions); use --image.")
     parse_dims(positions)
     path = single_image(image, model)
-    loaded = cli.load(model, device, dtype, device_map, max_length=max_length)
+    loaded = cli.load(
+        model,
+        device,
+        dtype,
+        device_map,
+        max_length=max_length,
+        allow_unknown_config=allow_unknown_config,
+    )
     inputs = calibration(loaded, [path], prompt)[0]
     chosen_targets = target or ["sinks", "random"]
     needs_dims = any(t in ("sinks", "random", "nonsink") for t in chosen_targets)
@@ -202,12 +214,15 @@ def _ablate_dataset(
     max_length: int | None,
     force: bool,
     json_out: Path | None,
+    allow_unknown_config: bool,
 ) -> None:
     """``vsink ablate --questions``: baseline + knock-outs on the evaluation runner."""
     from analysis.cli.evaluate import run_evaluation
 
     if "positions" in targets:
-        raise ValueError("target=positions is per prompt; over a dataset use the other targets.")
+        raise UserInputError(
+            "target=positions is per prompt; over a dataset use the other targets."
+        )
     options = [f"mode={mode}"] if mode != "pre" else []
     chosen_layers = parse_dims(layers)
     if chosen_layers:
@@ -227,6 +242,7 @@ def _ablate_dataset(
         device_map=device_map,
         max_length=max_length,
         force=force,
+        allow_unknown_config=allow_unknown_config,
         out=run,
         conditions=specs,
         answers=split_answers(answers),

@@ -21,6 +21,7 @@ from analysis.cli.inputs import (
 from analysis.cli.options import (
     DESCRIBE_PROMPT,
     QUESTION_PROMPT,
+    AllowUnknownConfigOpt,
     DeviceOpt,
     DimsOpt,
     DtypeOpt,
@@ -34,10 +35,13 @@ from analysis.cli.root import app, friendly
 from analysis.cli.tables import console, err_console, write_json
 from analysis.config import (
     CI_LEVEL,
+    DIM_MIN_ABS,
+    DIM_MIN_RATIO,
     MAX_NEW_TOKENS,
     MIN_IMAGE_ATTENTION,
     RHO,
     TAU,
+    TOP_HEADS,
     P,
 )
 
@@ -53,6 +57,7 @@ def info(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
 ) -> None:
     """Architecture, sizes, image-token layout and known sink dims of MODEL."""
@@ -69,7 +74,9 @@ def info(
         if image is not None
         else Image.new("RGB", (336, 336), (128, 128, 128))
     )
-    loaded = cli.load(model, device, dtype, max_length=max_length)
+    loaded = cli.load(
+        model, device, dtype, max_length=max_length, allow_unknown_config=allow_unknown_config
+    )
     inputs = build_inputs(loaded, sample, prompt)
     layout = describe_layout(inputs.layouts[0])
     known = registry_entry(loaded)
@@ -109,11 +116,14 @@ def dims(
     prompt: PromptOpt = DESCRIBE_PROMPT,
     min_ratio: Annotated[
         float, typer.Option(help="Peak / median ratio to count as massive.")
-    ] = 100.0,
-    min_abs: Annotated[float, typer.Option(help="Absolute floor on the peak (0 = off).")] = 0.0,
+    ] = DIM_MIN_RATIO,
+    min_abs: Annotated[
+        float, typer.Option(help="Absolute floor on the peak (0 = off).")
+    ] = DIM_MIN_ABS,
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Discover massive-activation (sink) dimensions over a set of images."""
@@ -124,7 +134,9 @@ def dims(
     check_settings(max_length=max_length)
     check_outputs(json_out=json_out)
     paths = image_paths(images, model)
-    loaded = cli.load(model, device, dtype, max_length=max_length)
+    loaded = cli.load(
+        model, device, dtype, max_length=max_length, allow_unknown_config=allow_unknown_config
+    )
     batches = calibration(loaded, paths, prompt)
     result = discover_dims(
         loaded,
@@ -176,6 +188,7 @@ def sinks(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     json_out: JsonOpt = None,
     html: Annotated[Path | None, typer.Option(help="Write an interactive sink map here.")] = None,
 ) -> None:
@@ -190,7 +203,9 @@ def sinks(
     parse_dims(dims)  # a malformed --dims is refused before loading
     check_outputs(json_out=json_out, html=html)
     path = single_image(image, model)
-    loaded = cli.load(model, device, dtype, max_length=max_length)
+    loaded = cli.load(
+        model, device, dtype, max_length=max_length, allow_unknown_config=allow_unknown_config
+    )
     batches = calibration(loaded, [path], prompt)
     chosen = resolve_dims(loaded, dims, batches)
     result = find_sinks(loaded, batches[0], dims=chosen, tau=tau)
@@ -259,6 +274,7 @@ def generate(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Greedy answer for IMAGE + PROMPT; with --var, the baseline and the VAR answer."""
@@ -275,7 +291,9 @@ def generate(
     parse_dims(dims)
     check_outputs(json_out=json_out)
     path = single_image(image, model)
-    loaded = cli.load(model, device, dtype, max_length=max_length)
+    loaded = cli.load(
+        model, device, dtype, max_length=max_length, allow_unknown_config=allow_unknown_config
+    )
     inputs = calibration(loaded, [path], prompt)[0]
     # Refuse before any work when VAR has no sink dims to use.
     chosen = (
@@ -329,10 +347,11 @@ def heads(
     ] = None,
     tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = TAU,
     dims: DimsOpt = None,
-    top: Annotated[int, typer.Option(help="Heads to list.")] = 10,
+    top: Annotated[int, typer.Option(help="Heads to list.")] = TOP_HEADS,
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     json_out: JsonOpt = None,
     csv: Annotated[Path | None, typer.Option(help="Write every head's scores as CSV.")] = None,
 ) -> None:
@@ -345,7 +364,9 @@ def heads(
     parse_dims(dims)
     check_outputs(json_out=json_out, csv=csv)
     paths = image_paths(images, model)
-    loaded = cli.load(model, device, dtype, max_length=max_length)
+    loaded = cli.load(
+        model, device, dtype, max_length=max_length, allow_unknown_config=allow_unknown_config
+    )
     batches = calibration(loaded, paths, prompt)
     chosen = resolve_dims(loaded, dims, batches)
     result = score_heads(loaded, batches, dims=chosen, tau=tau, rho=rho, preset=preset)
@@ -386,6 +407,7 @@ def contribution(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Residual contribution ||alpha_ij x_j W_OV|| of visual sinks vs other tokens (fig. 3c)."""
@@ -396,7 +418,9 @@ def contribution(
     parse_dims(dims)
     check_outputs(json_out=json_out)
     paths = image_paths(images, model)
-    loaded = cli.load(model, device, dtype, max_length=max_length)
+    loaded = cli.load(
+        model, device, dtype, max_length=max_length, allow_unknown_config=allow_unknown_config
+    )
     batches = calibration(loaded, paths, prompt)
     chosen = resolve_dims(loaded, dims, batches)
     results = [residual_contribution(loaded, b, dims=chosen, tau=tau) for b in batches]

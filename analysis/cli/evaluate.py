@@ -20,15 +20,18 @@ from analysis.cli.inputs import (
 )
 from analysis.cli.options import (
     ANSWERS,
+    AllowUnknownConfigOpt,
     AnswerFileOpt,
     BatchOpt,
     BenchmarkOpt,
     BootOpt,
+    DataOpt,
     DeviceMapOpt,
     DeviceOpt,
     DimsOpt,
     DtypeOpt,
     ForceOpt,
+    FormatOpt,
     HfOpt,
     ImageRootOpt,
     JsonOpt,
@@ -43,11 +46,15 @@ from analysis.cli.tables import _ci, console, print_summary, print_wide, write_j
 from analysis.config import (
     BATCH_SIZE,
     CI_LEVEL,
+    EVAL_MAX_NEW_TOKENS,
     N_BOOT,
+    N_CALIBRATION,
     RHO,
     SEED,
     TAU,
+    VAR_PRESET,
 )
+from analysis.errors import UserInputError
 
 
 def describe_run(result: Any) -> str:
@@ -71,6 +78,7 @@ def run_evaluation(
     max_length: int | None = None,
     force: bool = False,
     bench: dict[str, Any] | None = None,
+    allow_unknown_config: bool = False,
     **options: Any,
 ) -> tuple[Any, Any]:
     """Check every setting, read the dataset (every image decoded) and lock the run folder,
@@ -102,7 +110,14 @@ def run_evaluation(
     locked = exclusive_lock(run / LOCK, force=force) if shard_from_env().is_main else None
     with locked or contextlib.nullcontext():
         shard = init_distributed()
-        loaded = cli.load(model, rank_device(device, shard), dtype, device_map, max_length)
+        loaded = cli.load(
+            model,
+            rank_device(device, shard),
+            dtype,
+            device_map,
+            max_length,
+            allow_unknown_config=allow_unknown_config,
+        )
         return shard, evaluate(loaded, items, dataset=source, force=force, shard=shard, **options)
 
 
@@ -126,6 +141,8 @@ def eval_(
     benchmark: BenchmarkOpt = None,
     tsv: TsvOpt = None,
     hf: HfOpt = None,
+    data: DataOpt = None,
+    format_: FormatOpt = None,
     answer_file: AnswerFileOpt = None,
     limit: LimitOpt = None,
     batch_size: BatchOpt = BATCH_SIZE,
@@ -134,18 +151,18 @@ def eval_(
     ] = ANSWERS,
     max_new_tokens: Annotated[
         int, typer.Option(help="Greedy generation length (0: score by log-probs only).")
-    ] = 8,
+    ] = EVAL_MAX_NEW_TOKENS,
     tau: Annotated[float, typer.Option(help="phi threshold for sink tokens.")] = TAU,
     rho: Annotated[
         float, typer.Option(help="Minimum visual non-sink ratio (heads, VAR default).")
     ] = RHO,
     preset: Annotated[
         str, typer.Option(help="VAR preset of var conditions: paper (default) or official.")
-    ] = "paper",
+    ] = VAR_PRESET,
     dims: DimsOpt = None,
     calibration_items: Annotated[
         int, typer.Option(help="Distinct images used to discover sink dims when needed.")
-    ] = 8,
+    ] = N_CALIBRATION,
     stats: Annotated[
         bool, typer.Option(help="Collect sink counts and head scores in the baseline pass.")
     ] = True,
@@ -154,6 +171,7 @@ def eval_(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     force: ForceOpt = False,
@@ -176,7 +194,15 @@ def eval_(
         device_map=device_map,
         max_length=max_length,
         force=force,
-        bench={"benchmark": benchmark, "tsv": tsv, "hf": hf, "answer_file": answer_file},
+        allow_unknown_config=allow_unknown_config,
+        bench={
+            "benchmark": benchmark,
+            "tsv": tsv,
+            "hf": hf,
+            "data": data,
+            "format": format_,
+            "answer_file": answer_file,
+        },
         out=out,
         conditions=conditions,
         answers=split_answers(answers),
@@ -218,6 +244,8 @@ def sweep(
     benchmark: BenchmarkOpt = None,
     tsv: TsvOpt = None,
     hf: HfOpt = None,
+    data: DataOpt = None,
+    format_: FormatOpt = None,
     answer_file: AnswerFileOpt = None,
     metric: Annotated[
         str | None,
@@ -237,6 +265,7 @@ def sweep(
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     force: ForceOpt = False,
@@ -262,7 +291,15 @@ def sweep(
         device_map=device_map,
         max_length=max_length,
         force=force,
-        bench={"benchmark": benchmark, "tsv": tsv, "hf": hf, "answer_file": answer_file},
+        allow_unknown_config=allow_unknown_config,
+        bench={
+            "benchmark": benchmark,
+            "tsv": tsv,
+            "hf": hf,
+            "data": data,
+            "format": format_,
+            "answer_file": answer_file,
+        },
         out=out,
         conditions=specs,
         max_new_tokens=max_new_tokens,
@@ -410,9 +447,11 @@ def export(
         try:
             entries = json.loads(template.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"--template {template}: not a readable JSON file ({err}).") from None
+            raise UserInputError(
+                f"--template {template}: not a readable JSON file ({err})."
+            ) from None
         if not isinstance(entries, list):
-            raise ValueError(f"--template {template}: expected a JSON list of entries.")
+            raise UserInputError(f"--template {template}: expected a JSON list of entries.")
     text = export_judge(
         load_records(run_dir), fmt, condition=condition, model_id=model_id, template=entries
     )

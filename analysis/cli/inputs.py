@@ -12,6 +12,7 @@ from typing import Any
 from rich.markup import escape
 
 from analysis.cli.tables import console
+from analysis.errors import UserInputError
 
 
 def resolve_model_path(model: str | None) -> str:
@@ -33,8 +34,13 @@ def load(
     dtype: str | None,
     device_map: str | None = None,
     max_length: int | None = None,
+    *,
+    allow_unknown_config: bool = False,
 ) -> Any:
     """Load MODEL (the demo model when None) with a status line.
+
+    ``allow_unknown_config`` (``--allow-unknown-config``) lets a config with keys the
+    family does not list load; without it such a config is refused in one line.
 
     Commands call it as ``analysis.cli.load`` (looked up per call), so a caller
     can replace the loader once for every command, as the tests do.
@@ -44,7 +50,13 @@ def load(
 
     path = resolve_model_path(model)
     with console.status(f"loading {escape(path)}"):
-        loaded = load_model(path, device=device, dtype=dtype, device_map=device_map)
+        loaded = load_model(
+            path,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            allow_unknown_config=allow_unknown_config,
+        )
     if max_length is not None:
         loaded.extra[MAX_LENGTH_KEY] = max_length
     return loaded
@@ -71,7 +83,9 @@ def image_paths(images: list[Path] | None, model: str | None) -> list[Path]:
     if images:
         found = collect_images(images)
     elif model is not None:
-        raise ValueError("--images is required with a MODEL (the demo images suit only the demo).")
+        raise UserInputError(
+            "--images is required with a MODEL (the demo images suit only the demo)."
+        )
     else:
         found = collect_images(demo_dir() / "images")
     check_images(found)
@@ -82,10 +96,12 @@ def single_image(image: Path | None, model: str | None) -> Path:
     """The given image file, or the first demo image when running on the demo model."""
     if image is not None:
         if image.is_dir():
-            raise ValueError(f"--image takes one image file; {image} is a folder.")
+            raise UserInputError(f"--image takes one image file; {image} is a folder.")
         return image_paths([image], model)[0]
     if model is not None:
-        raise ValueError("--image is required with a MODEL (the demo images suit only the demo).")
+        raise UserInputError(
+            "--image is required with a MODEL (the demo images suit only the demo)."
+        )
     return image_paths(None, None)[0]
 
 
@@ -95,7 +111,7 @@ def parse_dims(dims: str | None) -> list[int] | None:
     try:
         return [int(d) for d in dims.split(",") if d.strip()]
     except ValueError:
-        raise ValueError(f"--dims must be comma-separated integers, got {dims!r}.") from None
+        raise UserInputError(f"--dims must be comma-separated integers, got {dims!r}.") from None
 
 
 def calibration(loaded: Any, paths: list[Path], prompt: str) -> list[Any]:
@@ -124,37 +140,39 @@ def bench_items(
     hf: Path | None,
     answer_file: Path | None,
     decode_dir: Path,
+    data: Path | None = None,
+    format: str | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """Benchmark items from one source: --tsv, --hf, or --questions (+ --answer-file)."""
-    from analysis.scoring.readers import (
-        BENCHMARKS,
-        read_hf_folder,
-        read_llava_questions,
-        read_vlmeval_tsv,
-    )
+    """Benchmark items from one source: --tsv, --hf, --questions (+ --answer-file) or --data.
+
+    The reader comes from the registry (:func:`analysis.scoring.readers.read_dataset`),
+    which checks the benchmark and the other options against what the reader uses.
+    """
+    from analysis.scoring.readers import BENCHMARKS, read_dataset
 
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"--benchmark must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}.")
-    given = [name for name, v in (("--tsv", tsv), ("--hf", hf), ("--questions", questions)) if v]
+        raise UserInputError(
+            f"--benchmark must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}."
+        )
+    if format is not None and data is None:
+        raise UserInputError("--format names the reader of --data; pass --data.")
+    # Each source option names its reader (--data: --format, else its suffix).
+    sources = (("tsv", tsv), ("hf", hf), ("llava", questions), (format, data))
+    given = [(fmt, path) for fmt, path in sources if path is not None]
     if len(given) != 1:
-        raise ValueError("--benchmark needs exactly one of --tsv, --hf or --questions.")
-    source: dict[str, Any] = {"format": given[0].removeprefix("--"), "benchmark": benchmark}
-    if tsv is not None:
-        items = read_vlmeval_tsv(tsv, benchmark=benchmark, decode_dir=decode_dir, image_root=images)
-        return items, source | {"tsv": str(tsv), "images": None if images is None else str(images)}
-    if hf is not None:
-        return read_hf_folder(hf, benchmark=benchmark, decode_dir=decode_dir), source | {
-            "hf": str(hf)
-        }
-    if images is None:
-        raise ValueError("--images (the image folder) is required with --questions.")
-    assert questions is not None
-    items = read_llava_questions(questions, images, benchmark=benchmark, answers=answer_file)
-    return items, source | {
-        "questions": str(questions),
-        "images": str(images),
-        "answer_file": None if answer_file is None else str(answer_file),
-    }
+        raise UserInputError("--benchmark needs exactly one of --tsv, --hf, --questions or --data.")
+    fmt, source = given[0]
+    if questions is not None and images is None:
+        raise UserInputError("--images (the image folder) is required with --questions.")
+    dataset = read_dataset(
+        source,
+        format=fmt,
+        benchmark=benchmark,
+        images=images,
+        decode_dir=decode_dir,
+        answers=answer_file,
+    )
+    return list(dataset.items), dataset.describe()
 
 
 def dataset_items(
@@ -166,35 +184,48 @@ def dataset_items(
 ) -> tuple[list[Any], dict[str, Any]]:
     """Items from --questions + --images, or an image folder + --prompt; the demo set by default.
 
-    With ``bench`` (``benchmark``, ``tsv``, ``hf``, ``answer_file``, ``decode_dir``) the
-    benchmark's reader is used instead.
+    With ``bench`` (``benchmark``, ``tsv``, ``hf``, ``data``, ``format``, ``answer_file``,
+    ``decode_dir``) a benchmark's reader, or the reader of ``--data``, is used instead.
+    Every source is read through :func:`analysis.scoring.readers.read_dataset`.
     """
-    from analysis.datasets import image_folder, read_pope
+    from analysis.scoring.readers import read_dataset
 
-    if bench is not None and bench.get("benchmark") is not None:
+    bench = bench or {}
+    if bench.get("benchmark") is not None:
         if prompt is not None:
-            raise ValueError("--prompt is for image folders; benchmark files carry their text.")
+            raise UserInputError("--prompt is for image folders; benchmark files carry their text.")
         return bench_items(questions=questions, images=images, **bench)
-    if bench is not None and any(bench.get(k) for k in ("tsv", "hf", "answer_file")):
-        raise ValueError("--tsv, --hf and --answer-file need --benchmark.")
+    if any(bench.get(k) is not None for k in ("tsv", "hf", "answer_file")):
+        raise UserInputError("--tsv, --hf and --answer-file need --benchmark.")
+    if bench.get("data") is not None:
+        if questions is not None:
+            raise UserInputError("Pass either --data or --questions, not both.")
+        # decode_dir is offered, not imposed: a reader that stores no images ignores it.
+        dataset = read_dataset(
+            bench["data"],
+            format=bench.get("format"),
+            images=images,
+            prompt=prompt,
+            decode_dir=bench.get("decode_dir"),
+        )
+        return list(dataset.items), dataset.describe()
+    if bench.get("format") is not None:
+        raise UserInputError("--format names the reader of --data; pass --data.")
     if questions is None and images is None:
         if model is not None:
-            raise ValueError("--questions and --images are required with a MODEL.")
+            raise UserInputError("--questions and --images are required with a MODEL.")
         questions, images = demo_dir() / "questions.jsonl", demo_dir() / "images"
     if images is None:
-        raise ValueError("--images (the image folder) is required with --questions.")
+        raise UserInputError("--images (the image folder) is required with --questions.")
     if questions is not None:
         if prompt is not None:
-            raise ValueError("--prompt is for image folders; --questions carry their own text.")
-        items = read_pope(questions, images)
-        return items, {"format": "pope", "questions": str(questions), "images": str(images)}
-    if prompt is None:
-        raise ValueError("An image folder needs --prompt (or pass --questions).")
-    return image_folder(images, prompt), {
-        "format": "folder",
-        "images": str(images),
-        "prompt": prompt,
-    }
+            raise UserInputError("--prompt is for image folders; --questions carry their own text.")
+        dataset = read_dataset(questions, format="pope", images=images)
+    else:
+        if prompt is None:
+            raise UserInputError("An image folder needs --prompt (or pass --questions).")
+        dataset = read_dataset(images, format="folder", prompt=prompt)
+    return list(dataset.items), dataset.describe()
 
 
 def split_answers(answers: str) -> list[str]:

@@ -36,6 +36,15 @@ DeviceMapOpt = Annotated[
     ),
 ]
 
+AllowUnknownConfigOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unknown-config",
+        help="Load a config with top-level keys the model's family does not list (they may "
+        "change the visual-token layout); the family's value checks still run.",
+    ),
+]
+
 
 ImagesOpt = Annotated[
     list[Path] | None,
@@ -71,6 +80,18 @@ TsvOpt = Annotated[
 HfOpt = Annotated[
     Path | None,
     typer.Option("--hf", help="A local HF dataset / Parquet folder (lmms-eval's layout)."),
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="A dataset file or folder of any registered format, chosen by its suffix and "
+        "--benchmark (or named with --format).",
+    ),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", help="The dataset reader of --data (default: by its suffix)."),
 ]
 AnswerFileOpt = Annotated[
     Path | None,

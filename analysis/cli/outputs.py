@@ -24,6 +24,7 @@ from analysis.cli.options import (
     ANSWERS,
     DESCRIBE_PROMPT,
     QUESTION_PROMPT,
+    AllowUnknownConfigOpt,
     DeviceMapOpt,
     DeviceOpt,
     DimsOpt,
@@ -37,11 +38,15 @@ from analysis.cli.options import (
 from analysis.cli.root import app, friendly
 from analysis.cli.tables import console, write_json
 from analysis.config import (
+    DRAWS,
     MAX_NEW_TOKENS,
+    PNG_SCALE,
+    REPORT_DRAWS,
     RHO,
     TAU,
     P,
 )
+from analysis.errors import UserInputError
 
 
 @app.command()
@@ -67,14 +72,17 @@ def figures(
         int | None,
         typer.Option(help="Layer of figures 1, 2, 3d (default: top image-centric head's)."),
     ] = None,
-    draws: Annotated[int, typer.Option(help="Random draws of the knock-out control.")] = 5,
+    draws: Annotated[int, typer.Option(help="Random draws of the knock-out control.")] = DRAWS,
     only: Annotated[
         list[str] | None, typer.Option(help="Only these figures (repeatable), e.g. fig5_var.")
     ] = None,
-    scale: Annotated[float, typer.Option(help="PNG resolution, times the figure size.")] = 2.0,
+    scale: Annotated[
+        float, typer.Option(help="PNG resolution, times the figure size.")
+    ] = PNG_SCALE,
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Reproduce every paper figure: PNG + interactive HTML + the JSON each was drawn from."""
@@ -92,8 +100,17 @@ def figures(
     check_output_dir(out, "--out")
     paths = image_paths(images, model)
     if focus >= len(paths):
-        raise ValueError(f"--focus {focus}: there are {len(paths)} images (0..{len(paths) - 1}).")
-    loaded = cli.load(model, device, dtype, device_map, max_length=max_length)
+        raise UserInputError(
+            f"--focus {focus}: there are {len(paths)} images (0..{len(paths) - 1})."
+        )
+    loaded = cli.load(
+        model,
+        device,
+        dtype,
+        device_map,
+        max_length=max_length,
+        allow_unknown_config=allow_unknown_config,
+    )
     # Recorded in the folder's README; run as a console script, argv is the exact command.
     called = Path(sys.argv[0]).name == "vsink"
     command = shlex.join(["vsink", *sys.argv[1:]]) if called else f"vsink figures --out {out}"
@@ -137,13 +154,16 @@ def report(
     rho: Annotated[float, typer.Option(help="Minimum visual non-sink ratio (heads, VAR).")] = RHO,
     p: Annotated[float, typer.Option(help="VAR: fraction of sink attention moved.")] = P,
     dims: DimsOpt = None,
-    draws: Annotated[int, typer.Option(help="Random draws of the knock-out control.")] = 3,
+    draws: Annotated[
+        int, typer.Option(help="Random draws of the knock-out control.")
+    ] = REPORT_DRAWS,
     max_new_tokens: Annotated[
         int, typer.Option(help="Tokens generated per answer.")
     ] = MAX_NEW_TOKENS,
     device: DeviceOpt = None,
     max_length: MaxLengthOpt = None,
     dtype: DtypeOpt = None,
+    allow_unknown_config: AllowUnknownConfigOpt = False,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """One self-contained HTML page (works offline): sinks, heads, ablation and VAR for IMAGE."""
@@ -156,7 +176,14 @@ def report(
     parse_dims(dims)
     check_outputs(out=out)
     path = single_image(image, model)
-    loaded = cli.load(model, device, dtype, device_map, max_length=max_length)
+    loaded = cli.load(
+        model,
+        device,
+        dtype,
+        device_map,
+        max_length=max_length,
+        allow_unknown_config=allow_unknown_config,
+    )
     written = make_report(
         loaded,
         path,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from analysis.config import PNG_SCALE
 from analysis.fsio import write_atomic
 
 
@@ -33,7 +34,7 @@ def figure_div(fig: go.Figure) -> str:
     return fig.to_html(include_plotlyjs=False, full_html=False, config={"responsive": True})
 
 
-def to_png(fig: go.Figure, path: str | Path, *, scale: float = 2.0) -> Path:
+def to_png(fig: go.Figure, path: str | Path, *, scale: float = PNG_SCALE) -> Path:
     """Render ``fig`` to a PNG with matplotlib (no browser, no kaleido).
 
     Supports what this module draws: subplots, heatmaps (with colour bars),
