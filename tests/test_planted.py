@@ -44,7 +44,13 @@ def test_build_is_deterministic_and_saves_its_spec(tmp_path):
 def test_zoo_covers_the_issue_parameters():
     assert len(ZOO) >= 12
     assert len({s.name for s in ZOO}) == len(ZOO)
-    assert {s.family for s in ZOO} == {"llava", "llava_next", "gemma3", "llava_onevision"}
+    assert {s.family for s in ZOO} == {
+        "llava",
+        "llava_next",
+        "gemma3",
+        "llava_onevision",
+        "idefics3",
+    }
     assert {len(s.sink_dims) for s in ZOO} == {0, 1, 2, 3}
     assert {s.source for s in ZOO} == {"mlp", "projector"}
     assert {s.first_sink_layer for s in ZOO} == {0, 2, 3}
