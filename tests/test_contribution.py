@@ -78,7 +78,7 @@ def test_group_means_match_pair_loop():
 
 def _independent_value_norms(model, resid, layer):
     """v from the HF layer's own norm and v_proj, W_O from its o_proj: no bridge hooks."""
-    block = model.hf_model.model.language_model.layers[layer]
+    block = model.hf_model.get_decoder().layers[layer]
     attn = block.self_attn
     with torch.no_grad():
         v = attn.v_proj(block.input_layernorm(resid.to(attn.v_proj.weight.dtype)))

@@ -34,17 +34,6 @@ class TestGemma3(FamilyContract):
     bad_values = (("mm_tokens_per_image", 5, "mm_tokens_per_image=5 is not a square"),)
 
 
-class TestQwen25VL(FamilyContract):
-    family = "qwen2_5_vl"
-    # Square, wide, tall, extreme, and one above the tiny processor's pixel budget.
-    image_sizes = ((28, 28), (30, 50), (70, 30), (20, 100), (200, 160))
-
-
-class TestQwen3VL(FamilyContract):
-    family = "qwen3_vl"
-    image_sizes = ((28, 28), (30, 50), (70, 30), (20, 100), (200, 160))
-
-
 def test_every_registered_family_has_a_contract_class() -> None:
     # A family may keep its class in its own tests/test_family_<name>.py.
     for path in sorted(Path(__file__).parent.glob("test_family_*.py")):

@@ -1,8 +1,9 @@
-"""Qwen2.5-VL and Qwen3-VL beyond the family contract (``tests/test_family_contracts.py``).
+"""Qwen2.5-VL and Qwen3-VL: the family contract, and what it does not cover.
 
-The contract checks HF parity, edits, geometry counts, cached == uncached and
-padding on every family; here: parity on every attention route, that the
-routing is what makes edits take effect (and pre-softmax scores), the grid's
+The contract (``tests/contracts/families.py``) checks HF parity, edits,
+geometry counts, cached == uncached and padding; here besides: parity on
+every attention route, that the routing is what makes edits take effect (and
+pre-softmax scores), the grid's
 rows, columns and order against the processor's own ``image_grid_thw``, the
 vision start / end tokens, a knock-out in cached generation against the
 uncached loop, DeepStack, and processor folders without torchvision.
@@ -16,6 +17,7 @@ import shutil
 import pytest
 import torch
 from conftest import make_image
+from contracts.families import FamilyContract
 
 from analysis import hooks
 from analysis.attention import eager_attention, install_native_routing, remove_native_routing
@@ -61,6 +63,19 @@ def _two(model: LoadedModel) -> ModelInputs:
 
 def _valid(logits: torch.Tensor, inputs: ModelInputs) -> torch.Tensor:
     return logits[inputs.stack("attention_mask").bool()]
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+class TestQwen25VL(FamilyContract):
+    family = "qwen2_5_vl"
+    image_sizes = tuple(SIZES)
+
+
+class TestQwen3VL(FamilyContract):
+    family = "qwen3_vl"
+    image_sizes = tuple(SIZES)
 
 
 # ----------------------------------------------------------------------------- numerics

@@ -49,6 +49,7 @@ def test_zoo_covers_the_issue_parameters():
         "llava_next",
         "gemma3",
         "llava_onevision",
+        "idefics3",
         "qwen2_5_vl",
     }
     assert {len(s.sink_dims) for s in ZOO} == {0, 1, 2, 3}

@@ -10,7 +10,7 @@ from conftest import make_image
 from test_dims import PLANTED_DIMS, planted_massive_activation
 
 from analysis.sinks import find_sinks, label_scores, phi, tau_sweep, validate_sinks
-from analysis.testing.planted import TAU, sink_truth
+from analysis.testing.planted import TAU, sink_truth, visual_copies
 from analysis.tokens import build_batch
 
 
@@ -178,8 +178,7 @@ def test_zoo_sink_tokens_match_the_planted_ones(planted):
             assert scores["true"] > 0
     # Visual sinks alone: the planted fraction of the board, from the first sink layer on.
     counts = result.counts()["visual"]
-    tiles = 2 if spec.family in ("llava_next", "llava_onevision") else 1
-    expected = tiles * spec.n_visual_sinks if spec.visual_sinks else 0
+    expected = visual_copies(spec) * spec.n_visual_sinks if spec.visual_sinks else 0
     assert counts[:, spec.first_sink_layer :].unique().tolist() == [expected]
     # phi is far from tau on both sides: the classification is not a coin flip.
     sink_phi = result.phi[truth]

@@ -92,7 +92,7 @@ PROMPT = "describe the image ."
 
 BACKGROUND, OBJECT, SINK = 0, 1, 2  # cell classes
 SHADES = {BACKGROUND: (200, 200, 200), OBJECT: (230, 230, 40), SINK: (60, 60, 60)}
-FAMILIES = ("llava", "llava_next", "gemma3", "llava_onevision", "qwen2_5_vl")
+FAMILIES = ("llava", "llava_next", "gemma3", "llava_onevision", "idefics3", "qwen2_5_vl")
 Source = Literal["mlp", "projector"]
 SinksOn = Literal["bos", "visual", "both"]
 
@@ -288,6 +288,13 @@ ZOO: tuple[PlantedSpec, ...] = (
         notes="Qwen2 text model (q/k/v biases 0), SigLIP tower, anyres grid = the image",
     ),
     PlantedSpec(
+        "idefics3_base",
+        family="idefics3",
+        visual_sink_fraction=0.2,
+        image_centric_heads=((2, 1), (3, 2)),
+        notes="2 x 2 tiles and a global image: five visual tokens per cell",
+    ),
+    PlantedSpec(
         "gemma3_late_heavy",
         family="gemma3",
         n_layers=6,
@@ -334,8 +341,16 @@ def cell_map(spec: PlantedSpec, index: int) -> np.ndarray:
 
 
 def cell_pixels(spec: PlantedSpec) -> int:
-    """Pixels per cell side: one patch (LLaVA) or one pooled / merged token (2x2 patches)."""
-    return PATCH * (2 if spec.family in ("gemma3", "qwen2_5_vl") else 1)
+    """Pixels per cell side: one patch (LLaVA), one pooled token (Gemma 3, 2x2 patches), one
+    merged token (Qwen2.5-VL, 2x2 patches) or one Idefics3 global-image token (2x2 tile
+    tokens of 2x2 patches each)."""
+    return PATCH * {"gemma3": 2, "qwen2_5_vl": 2, "idefics3": 4}.get(spec.family, 1)
+
+
+def visual_copies(spec: PlantedSpec) -> int:
+    """Visual tokens of one cell: LLaVA-NeXT's / OneVision's base and hi-res grid, Idefics3's four tile
+    tokens and one global token, else one."""
+    return {"llava_next": 2, "llava_onevision": 2, "idefics3": 5}.get(spec.family, 1)
 
 
 def image_size(spec: PlantedSpec) -> int:
@@ -386,7 +401,12 @@ def _cell_classes(inputs: ModelInputs, cells: list[np.ndarray], images: list[int
         g = layout.geometry
         board = torch.as_tensor(cells[images[b]])
         keep = ~g.separator
-        out[b, g.positions[keep]] = board[g.row[keep], g.col[keep]]
+        # A grid finer than the board (Idefics3's stitched tiles) maps several tokens to a cell.
+        shape = {(grid.image, grid.tile): (grid.rows, grid.cols) for grid in g.grids}
+        sizes = torch.tensor([shape[int(i), int(t)] for i, t in zip(g.image, g.tile, strict=True)])
+        row = g.row * board.shape[0] // sizes[:, 0].reshape(-1)
+        col = g.col * board.shape[1] // sizes[:, 1].reshape(-1)
+        out[b, g.positions[keep]] = board[row[keep], col[keep]]
     return out
 
 
@@ -454,14 +474,19 @@ class _Plan:
         """Keys a text query sees: visual tokens by class, text tokens, sinks."""
         s = self.spec
         anyres = s.family in ("llava_next", "llava_onevision")  # base + hi-res grid, newlines
-        tiles = 2 if anyres else 1
+        tiles = visual_copies(s)
         r0, r1, c0, c1 = s.object_cells
         n_obj = tiles * (r1 - r0) * (c1 - c0)
         n_vs = tiles * s.n_visual_sinks if s.visual_sinks else 0
         n_vis = tiles * s.grid**2 + (s.grid if anyres else 0)
         n_text_sinks = int(s.bos_sink) + int(s.delimiter_sink and s.has_sinks)
         n_sinks = n_vs + n_text_sinks
-        n_rest = n_vis - n_obj - n_vs + N_TEXT_ESTIMATE - n_text_sinks
+        markup = 0
+        if s.family == "idefics3":  # the tile markers and global-image tags are text keys
+            from analysis.testing.planted_idefics3 import MARKUP_TOKENS
+
+            markup = MARKUP_TOKENS
+        n_rest = n_vis - n_obj - n_vs + N_TEXT_ESTIMATE + markup - n_text_sinks
         return {"obj": n_obj, "sinks": max(n_sinks, 1), "rest": n_rest}
 
     def one_norm_query(self) -> float:
@@ -630,15 +655,22 @@ def _ln_gain(u: np.ndarray) -> float:
     return 100.0 / math.sqrt(var + 1e4)
 
 
-def _llama_weights(plan: _Plan, sd: dict[str, torch.Tensor], tokenizer: Any, rng) -> None:
+def _llama_weights(
+    plan: _Plan,
+    sd: dict[str, torch.Tensor],
+    tokenizer: Any,
+    rng,
+    text_prefix: str = "language_model",
+) -> None:
+    """The LLaMA text model's weights; ``text_prefix`` names its module (Idefics3: text_model)."""
     spec = plan.spec
     for name in list(sd):
         sd[name] = torch.zeros_like(sd[name])
-        if name.endswith("norm.weight") and "language_model" in name:
+        if name.endswith("norm.weight") and text_prefix in name:
             sd[name] = torch.ones_like(sd[name])
-    _put(sd, "language_model.embed_tokens.weight", _text_embeddings(plan, rng, tokenizer))
+    _put(sd, f"{text_prefix}.embed_tokens.weight", _text_embeddings(plan, rng, tokenizer))
     for layer in range(spec.n_layers):
-        prefix = f"language_model.layers.{layer}."
+        prefix = f"{text_prefix}.layers.{layer}."
         q, k = _attention(plan, layer)
         _put(sd, prefix + "self_attn.q_proj.weight", q.reshape(-1, spec.d_model))
         _put(sd, prefix + "self_attn.k_proj.weight", k.reshape(-1, spec.d_model))
@@ -909,6 +941,12 @@ def _build_onevision(spec: PlantedSpec) -> tuple[Any, Any]:
     return build_onevision(spec)
 
 
+def _build_idefics3(spec: PlantedSpec) -> tuple[Any, Any]:
+    from analysis.testing.planted_idefics3 import build_idefics3
+
+    return build_idefics3(spec)
+
+
 def _build_qwen2_5_vl(spec: PlantedSpec) -> tuple[Any, Any]:
     from analysis.testing.planted_qwen import build_qwen2_5_vl
 
@@ -920,6 +958,7 @@ _BUILDERS = {
     "llava_next": _build_llava,
     "gemma3": _build_gemma3,
     "llava_onevision": _build_onevision,
+    "idefics3": _build_idefics3,
     "qwen2_5_vl": _build_qwen2_5_vl,
 }
 
