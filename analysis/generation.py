@@ -23,6 +23,7 @@ from jaxtyping import Float, Int
 
 from analysis.capture import HookFn, forward
 from analysis.compat import check_cache_filled
+from analysis.errors import UserInputError
 
 if TYPE_CHECKING:
     from analysis.loading import LoadedModel
@@ -59,7 +60,7 @@ def generate(
     step's raw logits (before that suppression).
     """
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        raise UserInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     device = model.device
     tensors = {k: v.to(device) for k, v in inputs.tensors.items()}
     eos = list(model.eos_token_ids) or None
@@ -149,10 +150,12 @@ def answer_token_ids(model: LoadedModel, answers: Sequence[str]) -> list[int]:
     for answer in answers:
         encoded = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
         if not encoded:
-            raise ValueError(f"Answer {answer!r} tokenizes to nothing.")
+            raise UserInputError(f"Answer {answer!r} tokenizes to nothing.")
         ids.append(int(encoded[0]))
     if len(set(ids)) != len(ids):
-        raise ValueError(f"Answers {list(answers)} share a first token; they cannot be told apart.")
+        raise UserInputError(
+            f"Answers {list(answers)} share a first token; they cannot be told apart."
+        )
     return ids
 
 

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 
 from analysis.attention import install_attention_routing
 from analysis.compat import install_cache_compat
-from analysis.errors import VsinkError
+from analysis.errors import UserInputError, VsinkError
 from analysis.families import Family, UnknownFamilyError, UnsupportedConfigError, registry
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         return dtype
     key = str(dtype).lower().removeprefix("torch.")
     if key not in _DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))}.")
+        raise UserInputError(f"Unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))}.")
     return _DTYPES[key]
 
 
@@ -183,19 +183,25 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(
+        raise UserInputError(
             f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps (as torch names them)."
         ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available on this machine.")
+        raise UserInputError(
+            f"device={device!r} requested but CUDA is not available on this machine."
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(
+        raise UserInputError(
             f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)."
         )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} requested but MPS is not available on this machine.")
+        raise UserInputError(
+            f"device={device!r} requested but MPS is not available on this machine."
+        )
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device={device!r} is not supported here; use cpu, cuda, cuda:N or mps.")
+        raise UserInputError(
+            f"device={device!r} is not supported here; use cpu, cuda, cuda:N or mps."
+        )
     return dev
 
 
@@ -358,7 +364,7 @@ def load_model(
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"No such local model folder: {name}")
     if device_map is not None and device is not None:
-        raise ValueError("Pass either device or device_map, not both.")
+        raise UserInputError("Pass either device or device_map, not both.")
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device) if device_map is None else None
     hub_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}

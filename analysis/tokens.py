@@ -423,7 +423,7 @@ def format_prompt(model: LoadedModel, prompt: str, n_images: int) -> str:
     content.append({"type": "text", "text": prompt})
     messages = [{"role": "user", "content": content}]
     if getattr(model.processor, "chat_template", None) is None:
-        raise ValueError(
+        raise UserInputError(
             f"{model.name_or_path} has no chat template; pass a prompt that already contains "
             f"the image placeholder {image_token!r}."
         )
@@ -450,15 +450,15 @@ def build_batch(
 ) -> ModelInputs:
     """Inputs for several samples, left-padded so generation continues every row."""
     if not samples:
-        raise ValueError("build_batch needs at least one (images, prompt) sample.")
+        raise UserInputError("build_batch needs at least one (images, prompt) sample.")
     pil_lists: list[list[Image.Image]] = []
     prompts: list[str] = []
     for images, prompt in samples:
         image_list = list(images) if isinstance(images, list | tuple) else [images]
         if not image_list:
-            raise ValueError("Every sample needs at least one image.")
+            raise UserInputError("Every sample needs at least one image.")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("Every sample needs a non-empty text prompt.")
+            raise UserInputError("Every sample needs a non-empty text prompt.")
         pil_lists.append([load_image(img) for img in image_list])
         prompts.append(format_prompt(model, prompt, len(image_list)))
     # Left padding for this call only: the shared tokenizer's padding_side stays as it is.
@@ -499,7 +499,7 @@ def check_length(model: LoadedModel, n_tokens: int) -> None:
             if override is not None
             else "the model's context (max_position_embeddings)"
         )
-        raise ValueError(
+        raise UserInputError(
             f"The prompt is {n_tokens} tokens, longer than {limit}, {source}; shorten it, "
             "or pass --max-length N (extra['max_length'] in Python) to run it anyway."
         )

@@ -34,14 +34,15 @@ def _error_lines(output: str) -> list[str]:
 
 def test_the_one_line_errors_are_written_once():
     assert VsinkError in ONE_LINE_ERRORS
-    assert ValueError in ONE_LINE_ERRORS  # until every library site raises a VsinkError
+    # bad input raises UserInputError; a bare ValueError at the edge is a bug
+    assert ValueError not in ONE_LINE_ERRORS
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["heads", "--top", "0"], "top must be"),  # ConfigError, a VsinkError
-        (["sinks", "--dims", "1,x"], "--dims must be comma-separated"),  # a bare ValueError
+        (["sinks", "--dims", "1,x"], "--dims must be comma-separated"),  # a UserInputError
     ],
 )
 def test_a_user_error_is_one_line_without_a_traceback(refused, args, message):
@@ -54,7 +55,7 @@ def test_a_user_error_is_one_line_without_a_traceback(refused, args, message):
 
 @pytest.mark.parametrize(
     ("args", "kind"),
-    [(["heads", "--top", "0"], "ConfigError"), (["sinks", "--dims", "1,x"], "ValueError")],
+    [(["heads", "--top", "0"], "ConfigError"), (["sinks", "--dims", "1,x"], "UserInputError")],
 )
 def test_debug_prints_the_traceback_then_the_same_line(refused, args, kind):
     result = refused.invoke(cli.app, ["--debug", *args])
@@ -134,3 +135,16 @@ def test_module_entry_point_debug_traceback_on_stderr():
     assert "Traceback (most recent call last)" in debug.stderr
     assert "analysis/checks.py" in debug.stderr
     assert "error: top must be" in debug.stderr
+
+
+def test_an_internal_value_error_keeps_its_traceback(monkeypatch):
+    """A bare ValueError is a bug now that bad input raises UserInputError."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal shape mismatch")
+
+    monkeypatch.setattr(cli, "load", broken)
+    result = CliRunner().invoke(cli.app, ["info"])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, ValueError)
+    assert not _error_lines(result.output)

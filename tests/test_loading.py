@@ -171,7 +171,9 @@ def test_load_keeps_transformers_logging_as_it_was(tiny_dirs, tmp_path):
     keep = _Keep()
     library.addHandler(keep)
     previous = hf_logging.get_verbosity()
+    bar = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_info()
+    hf_logging.enable_progress_bar()
     try:
         load_model(folder, device="cpu")
         assert hf_logging.get_verbosity() == logging.INFO
@@ -181,6 +183,7 @@ def test_load_keeps_transformers_logging_as_it_was(tiny_dirs, tmp_path):
     finally:
         library.removeHandler(keep)
         hf_logging.set_verbosity(previous)
+        (hf_logging.enable_progress_bar if bar else hf_logging.disable_progress_bar)()
 
 
 class _Keep(logging.Handler):
@@ -213,6 +216,7 @@ def test_quiet_block_filters_only_its_own_thread():
     finally:
         library.removeHandler(keep)
         hf_logging.set_verbosity(previous)
+        (hf_logging.enable_progress_bar if bar else hf_logging.disable_progress_bar)()
     assert [r.getMessage() for r in keep.records] == [
         "theirs, shown",
         "an error, shown",

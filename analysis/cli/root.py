@@ -2,9 +2,8 @@
 
 Error policy (:func:`friendly`, around every command):
 
-- :data:`ONE_LINE_ERRORS` (the toolkit's :class:`~analysis.errors.VsinkError`, and for
-  now a bare ``ValueError``), file-system faults (``OSError``) and interrupts print one
-  line; errors exit 2, SIGINT / SIGTERM 130 / 143.
+- :data:`ONE_LINE_ERRORS` (the toolkit's :class:`~analysis.errors.VsinkError`),
+  file-system faults (``OSError``) and interrupts print one line; errors exit 2, SIGINT / SIGTERM 130 / 143.
 - Anything else is a bug and keeps its traceback.
 - ``vsink --debug COMMAND`` (or ``VSINK_DEBUG=1``) prints the full traceback of every
   error, the one-line ones included, before the same line and exit code.
@@ -37,9 +36,10 @@ app = typer.Typer(
 )
 
 #: Errors the user can fix, printed as one line (their message says what to do).
-#: ``ValueError`` stays until every library site raises a VsinkError subclass;
+#: A bare ``ValueError`` is not among them: the library raises UserInputError for
+#: bad input, so a ValueError reaching the edge is a bug and keeps its traceback.
 #: ``FileNotFoundError`` is an input that does not exist (its message names it).
-ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (VsinkError, ValueError, FileNotFoundError)
+ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (VsinkError, FileNotFoundError)
 
 # Exit codes: 2 for an error the user can fix, 128 + signal number when stopped by a signal.
 EXIT_USER_ERROR = 2

@@ -62,6 +62,8 @@ import numpy as np
 import torch
 from jaxtyping import Bool
 
+from analysis.errors import UserInputError
+
 if TYPE_CHECKING:
     from analysis.tokens import ModelInputs
 
@@ -203,7 +205,7 @@ class _Fail:
     name: str
 
     def __call__(self, message: str) -> None:
-        raise ValueError(f"PlantedSpec {self.name!r}: {message}.")
+        raise UserInputError(f"PlantedSpec {self.name!r}: {message}.")
 
 
 # ----------------------------------------------------------------------------- the zoo
@@ -322,7 +324,7 @@ def zoo_spec(name: str) -> PlantedSpec:
     for spec in ZOO:
         if spec.name == name:
             return spec
-    raise ValueError(f"No zoo member {name!r}; members: {[s.name for s in ZOO]}.")
+    raise UserInputError(f"No zoo member {name!r}; members: {[s.name for s in ZOO]}.")
 
 
 # ----------------------------------------------------------------------------- images
@@ -977,9 +979,7 @@ def build_planted(spec: PlantedSpec, out: str | os.PathLike[str] | None = None) 
     defaults to ``<tmp>/vsink-planted/<spec.name>``.
     """
     from PIL import Image
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     folder = Path(out) if out is not None else default_root() / spec.name
     model, processor = _BUILDERS[spec.family](spec)
     (folder / "model").mkdir(parents=True, exist_ok=True)

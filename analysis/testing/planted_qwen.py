@@ -33,6 +33,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from analysis.errors import UserInputError
 from analysis.testing.planted import (
     D_MLP,
     DARK_B,
@@ -87,12 +88,14 @@ def _rms_gain(u: np.ndarray) -> float:
 
 def check_spec(spec: PlantedSpec) -> None:
     if spec.d_model != spec.n_heads * HEAD_DIM:
-        raise ValueError(
+        raise UserInputError(
             f"PlantedSpec {spec.name!r}: Qwen2.5-VL's head_dim is d_model / n_heads; "
             f"n_heads must be {spec.d_model // HEAD_DIM} for heads of {HEAD_DIM}."
         )
     if spec.bos_sink:
-        raise ValueError(f"PlantedSpec {spec.name!r}: Qwen has no BOS; sinks_on must be 'visual'.")
+        raise UserInputError(
+            f"PlantedSpec {spec.name!r}: Qwen has no BOS; sinks_on must be 'visual'."
+        )
 
 
 def _vision_weights(plan: _Plan, sd: dict[str, torch.Tensor], rng: np.random.Generator) -> None:
