@@ -31,7 +31,7 @@ from analysis import hooks
 from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook, score_mask_hook
 from analysis.attention_guard import require_attention_edits
 from analysis.capture import HookFn
-from analysis.checks import check_settings
+from analysis.checks import check_model_layers, check_settings
 from analysis.config import DRAWS, SEED, TAU
 from analysis.errors import UserInputError
 from analysis.generation import answer_logprobs, kl_divergence
@@ -108,14 +108,9 @@ class KnockOut:
             raise UserInputError("target='positions' needs a non-empty positions list.")
         self.model, self.target, self.mode, self.tau = model, target, mode, tau
         self.dims = None if dims is None else [int(d) for d in dims]
-        self.layers = (
-            list(range(model.n_layers)) if layers is None else sorted({int(x) for x in layers})
+        self.layers = check_model_layers(
+            "Knock-out", range(model.n_layers) if layers is None else layers, model.n_layers
         )
-        bad = [x for x in self.layers if not 0 <= x < model.n_layers]
-        if bad:
-            raise UserInputError(
-                f"Knock-out layers {bad} out of range (the model has {model.n_layers} layers)."
-            )
         # A knock-out edits hook_attn_scores (pre) or hook_pattern (post): refuse where discarded.
         require_attention_edits(model, f"A {mode}-softmax knock-out", scores=mode == "pre")
         self.prefill_len = int(inputs.input_ids.shape[1])

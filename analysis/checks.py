@@ -139,3 +139,22 @@ def check_layers(
     if not values:
         raise ConfigError(f"{name} must list at least one layer (or be None for the default).")
     return values
+
+
+def layers_out_of_range(what: str, layers: Iterable[int], n_layers: int) -> str | None:
+    """The one wording of a layer-range refusal, or None when every layer exists."""
+    bad = sorted({int(x) for x in layers if not 0 <= int(x) < n_layers})
+    if not bad:
+        return None
+    return (
+        f"{what}: layers {bad} out of range (the model has {n_layers} layers, 0..{n_layers - 1})."
+    )
+
+
+def check_model_layers(what: str, layers: Iterable[int], n_layers: int) -> list[int]:
+    """Sorted distinct layers of a model with ``n_layers`` layers; refuses any it lacks."""
+    chosen = sorted({int(x) for x in layers})
+    message = layers_out_of_range(what, chosen, n_layers)
+    if message is not None:
+        raise ConfigError(message)
+    return chosen

@@ -30,6 +30,7 @@ from jaxtyping import Bool, Float
 
 from analysis import hooks
 from analysis.capture import bind, forward
+from analysis.checks import check_model_layers
 from analysis.errors import UserInputError
 from analysis.results import ResultMixin, provenance
 from analysis.sinks import DEFAULT_TAU, phi
@@ -175,10 +176,9 @@ def residual_contribution(
     """``||alpha_ij x_j W_OV^h||`` summarised per key group, in one forward pass."""
     if not dims:
         raise UserInputError("residual_contribution needs the sink dims (see analysis.dims).")
-    chosen = list(range(model.n_layers)) if layers is None else [int(x) for x in layers]
-    bad = [x for x in chosen if not 0 <= x < model.n_layers]
-    if bad:
-        raise UserInputError(f"Layers {bad} out of range for a {model.n_layers}-layer model.")
+    chosen = check_model_layers(
+        "Residual contribution", range(model.n_layers) if layers is None else layers, model.n_layers
+    )
     valid = inputs.stack("attention_mask")
     visual, queries = inputs.visual, inputs.queries
     size = inputs.batch_size

@@ -51,7 +51,7 @@ from jaxtyping import Bool, Float
 
 from analysis import hooks
 from analysis.capture import bind, forward, progress
-from analysis.checks import FRACTION, check_layers, check_settings
+from analysis.checks import FRACTION, check_layers, check_model_layers, check_settings
 from analysis.config import DIM_MIN_ABS, DIM_MIN_RATIO, MAX_TEXT_FRACTION, MIN_LAYER_FRACTION
 from analysis.errors import UserInputError
 from analysis.results import ResultMixin, provenance
@@ -331,9 +331,7 @@ def discover_dims(
         if layers is None
         else sorted({int(x) for x in layers})
     )
-    for layer in scanned:
-        if not 0 <= layer < model.n_layers:
-            raise UserInputError(f"Layer {layer} out of range for a {model.n_layers}-layer model.")
+    check_model_layers("Sink-dim discovery", scanned, model.n_layers)
     n_layers, d_model = len(scanned), model.d_model
     peak = torch.zeros(n_layers, len(TOKEN_GROUPS), d_model)
     median_sum = torch.zeros(n_layers)

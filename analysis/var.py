@@ -28,6 +28,7 @@ from analysis import hooks
 from analysis.attention import N_QUERY_KEY, ROWS_KEY, row_sparse_hook
 from analysis.attention_guard import require_attention_edits
 from analysis.capture import AttentionMaps, HookFn, attention_maps, forward
+from analysis.checks import check_model_layers
 from analysis.config import CONVENTIONS, VAR_PRESETS, VarConfig
 from analysis.errors import UserInputError
 from analysis.interventions.base import PrefillState, SinkTracker
@@ -152,11 +153,7 @@ class VarIntervention:
             if self.config.layers is None
             else sorted({int(x) for x in self.config.layers})
         )
-        for layer in layers:
-            if not 0 <= layer < model.n_layers:
-                raise UserInputError(
-                    f"VAR layer {layer} out of range (model has {model.n_layers})."
-                )
+        check_model_layers("VAR", layers, model.n_layers)
         # VAR rewrites hook_pattern: refuse where such edits would be discarded.
         require_attention_edits(model, "VAR")
         self.layers = layers

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar, run
 import torch
 from jaxtyping import Bool
 
+from analysis.checks import layers_out_of_range
 from analysis.config import MIN_IMAGE_ATTENTION, RHO, SEED, TAU
 from analysis.errors import UserInputError, VsinkError
 from analysis.sink_math import phi, sink_mask
@@ -327,12 +328,9 @@ class ConditionSpec:
 
     def check_layers(self, n_layers: int) -> None:
         """Refuse layers the model does not have before any work is done."""
-        bad = [x for x in self.layers_used or () if not 0 <= x < n_layers]
-        if bad:
-            raise ConditionError(
-                f"Condition {self.name!r}: layers {bad} out of range (the model has "
-                f"{n_layers} layers, 0..{n_layers - 1})."
-            )
+        message = layers_out_of_range(f"Condition {self.name!r}", self.layers_used or (), n_layers)
+        if message is not None:
+            raise ConditionError(message)
 
     def build(self, model: LoadedModel, inputs: ModelInputs, context: BuildContext) -> Intervention:
         """The hooks of this condition for one batch."""
