@@ -371,7 +371,7 @@ class EvalConfig:
         if not isinstance(self.collect_stats, bool):
             raise ConfigError(f"collect_stats must be True or False, got {self.collect_stats!r}.")
         check_choice("var_preset", self.var_preset, PRESETS)
-        from analysis.evaluation import parse_conditions
+        from analysis.eval.conditions import parse_conditions
 
         # The grammar's own errors (unknown condition, bad option) before any work.
         parse_conditions(list(self.conditions), tau=self.tau, rho=self.rho, preset=self.var_preset)

@@ -461,7 +461,7 @@ def test_summary_marks_a_partly_written_run_partial(runner, tmp_path):
 
 
 def test_an_interrupt_prints_one_line_and_the_rerun_resumes(runner, tmp_path, monkeypatch):
-    from analysis import evaluation
+    from analysis.eval import run as evaluation
 
     out = tmp_path / "run"
     real = evaluation._run_batch

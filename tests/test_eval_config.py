@@ -1,11 +1,14 @@
-"""EvalConfig (defaults from analysis.config, validation, round trip, evaluate_config) and
-the per-process cache of provenance's git commit."""
+"""EvalConfig (defaults from analysis.config, validation, round trip, evaluate() with a
+config or keywords) and the per-process cache of provenance's git commit."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import shutil
 import subprocess
+import typing
 
 import pytest
 
@@ -13,8 +16,9 @@ from analysis import config, results
 from analysis.checks import ConfigError
 from analysis.config import EvalConfig
 from analysis.datasets import read_pope
-from analysis.eval.runner import evaluate_config
-from analysis.evaluation import evaluate
+from analysis.errors import UserInputError
+from analysis.eval.run import EvalSettings, eval_config
+from analysis.evaluation import evaluate, evaluate_config, parse_conditions
 from analysis.loading import DEMO_MODEL_DIR
 
 DEMO = DEMO_MODEL_DIR.parent
@@ -97,7 +101,7 @@ def test_unknown_keys_are_refused():
         EvalConfig.from_dict({"out": "x"})
 
 
-def test_evaluate_config_equals_evaluate_with_keywords(demo_model, tmp_path):
+def test_evaluate_with_a_config_equals_evaluate_with_keywords(demo_model, tmp_path):
     items = read_pope(DEMO / "questions.jsonl", DEMO / "images")
     settings = EvalConfig(
         conditions=("baseline", "ablate-sinks"),
@@ -106,7 +110,7 @@ def test_evaluate_config_equals_evaluate_with_keywords(demo_model, tmp_path):
         n_calibration=1,
         n_boot=20,
     )
-    typed = evaluate_config(demo_model, items, settings, out=tmp_path / "a", show_progress=False)
+    typed = evaluate(demo_model, items, settings, out=tmp_path / "a", show_progress=False)
     plain = evaluate(
         demo_model,
         items,
@@ -119,9 +123,67 @@ def test_evaluate_config_equals_evaluate_with_keywords(demo_model, tmp_path):
         show_progress=False,
     )
     assert typed.records == plain.records
+    assert len(typed.records) == 4
     assert typed.summary() == plain.summary()
     assert typed.config["config"] == plain.config["config"]
     assert typed.config["config"]["max_new_tokens"] == 1
+    assert typed.config["summary_settings"] == {"n_boot": 20, "level": config.CI_LEVEL}
+    # The earlier entry point is the same function.
+    assert evaluate_config is evaluate
+    # A keyword that agrees with the config is accepted; the run resumes (nothing to do).
+    again = evaluate(demo_model, items, settings, out=tmp_path / "a", limit=2, show_progress=False)
+    assert again.summary() == typed.summary()
+    # Spec objects stand for their canonical names: the run folder resumes unchanged.
+    specs = parse_conditions("baseline,ablate-sinks")
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    by_spec = evaluate(
+        demo_model,
+        items,
+        out=tmp_path / "c",
+        conditions=specs,
+        limit=2,
+        max_new_tokens=1,
+        n_calibration=1,
+        n_boot=20,
+        show_progress=False,
+    )
+    assert by_spec.records == typed.records
+    assert len(by_spec.config["sessions"]) == 3  # a, its resume, and this one
+
+
+def test_keywords_build_the_config_and_must_agree_with_a_given_one():
+    assert eval_config() == EvalConfig()
+    assert eval_config(tau=15, answers=["yes", "no"]) == EvalConfig(tau=15.0)
+    given = EvalConfig(n_boot=50, seed=3)
+    assert eval_config(given) is given
+    assert eval_config(given, n_boot=50) == given
+    with pytest.raises(UserInputError, match=r"n_boot, seed given both in config and as keywords"):
+        eval_config(given, n_boot=60, seed=4)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['out_dir'\]"):
+        eval_config(out_dir="x")
+    with pytest.raises(ConfigError, match="n_boot must be"):
+        eval_config(n_boot=0)
+    # A spec object whose name means another setting under the run's rho is refused.
+    (var,) = parse_conditions("var")  # rho 0.5: named "var"
+    assert eval_config(conditions=[var]).conditions == ("var",)
+    with pytest.raises(UserInputError, match=r"'var' means another setting"):
+        eval_config(conditions=[var], rho=0.8)
+
+
+def test_evaluate_has_no_literal_defaults_and_its_keywords_are_the_config():
+    hints = typing.get_type_hints(EvalSettings)
+    assert set(hints) == {f.name for f in dataclasses.fields(EvalConfig)}
+    parameters = inspect.signature(evaluate).parameters
+    # Settings come only from EvalConfig; the call's own arguments say where and how.
+    defaults = {n: p.default for n, p in parameters.items() if p.default is not p.empty}
+    assert defaults == {
+        "config": None,
+        "dataset": None,
+        "show_progress": True,
+        "force": False,
+        "shard": None,
+    }
+    assert parameters["settings"].kind is inspect.Parameter.VAR_KEYWORD
 
 
 def test_provenance_spawns_git_once_per_process(monkeypatch):

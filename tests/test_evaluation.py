@@ -21,6 +21,7 @@ from analysis.evaluation import (
     bootstrap_indices,
     confusion,
     evaluate,
+    load_item_records,
     mcnemar_exact,
     merge_run,
     parse_conditions,
@@ -270,6 +271,10 @@ def test_records_trace_every_number(run8):
     from_file = [json.loads(line) for line in (run8.run_dir / "records.jsonl").open()]
     assert from_file == records
     assert summarize(from_file, run8.config, n_boot=200) == run8.summary()
+    # Typed records give the same summary as their JSON objects.
+    typed = load_item_records(run8.run_dir)
+    assert [r.to_dict() for r in typed] == records
+    assert summarize(typed, run8.config, n_boot=200) == run8.summary()
     assert json.loads((run8.run_dir / "summary.json").read_text()) == run8.summary()
     manifest = json.loads((run8.run_dir / "manifest.json").read_text())
     assert manifest["config"]["seed"] == 0
@@ -294,6 +299,61 @@ def _assert_records_close(left, right):
             assert a["var"]["prefill_mass_moved"] == pytest.approx(
                 b["var"]["prefill_mass_moved"], rel=1e-4
             )
+
+
+def test_summary_equals_a_naive_recount_of_the_records(run8):
+    """Each condition's point estimates against a by-hand count over the JSON records."""
+    summary = run8.summary()
+    rows = {}
+    for r in run8.records:
+        rows.setdefault(r["condition"], {})[r["id"]] = r
+    base = rows["baseline"]
+    for name, entry in summary["conditions"].items():
+        mine = rows[name]
+        for scoring in ("logprob", "generate"):
+            pred = [r[f"pred_{scoring}"] for r in mine.values()]
+            label = [r["label"] for r in mine.values()]
+            hits = sum(p == t for p, t in zip(pred, label, strict=True))
+            scored = entry[scoring]
+            assert scored["n"] == len(mine) == 6
+            assert scored["accuracy"]["value"] == pytest.approx(hits / len(mine))
+            assert scored["yes_ratio"]["value"] == pytest.approx(pred.count("yes") / len(pred))
+            assert scored["counts"]["tp"] == sum(
+                p == t == "yes" for p, t in zip(pred, label, strict=True)
+            )
+            if name == "baseline":
+                assert "vs_baseline" not in scored
+                continue
+            versus = scored["vs_baseline"]
+            assert versus["n_pairs"] == 6
+            assert versus["changed"] == sum(
+                r[f"pred_{scoring}"] != base[i][f"pred_{scoring}"] for i, r in mine.items()
+            )
+            delta = sum(
+                int(r[f"correct_{scoring}"]) - int(base[i][f"correct_{scoring}"])
+                for i, r in mine.items()
+            )
+            assert versus["delta_accuracy"]["value"] == pytest.approx(delta / 6)
+        if name == "baseline":
+            assert "delta_logprob_label" not in entry
+            continue
+        shifts = [
+            r["logprobs"][r["label"]] - base[i]["logprobs"][r["label"]] for i, r in mine.items()
+        ]
+        margins = [
+            (
+                r["logprobs"][r["label"]]
+                - max(v for k, v in r["logprobs"].items() if k != r["label"])
+            )
+            - (
+                base[i]["logprobs"][r["label"]]
+                - max(v for k, v in base[i]["logprobs"].items() if k != r["label"])
+            )
+            for i, r in mine.items()
+        ]
+        assert entry["delta_logprob_label"]["value"] == pytest.approx(sum(shifts) / 6)
+        assert entry["delta_margin_label"]["value"] == pytest.approx(sum(margins) / 6)
+        assert entry["delta_logprob_label"]["n"] == 6
 
 
 def test_batch_size_does_not_change_results(demo, run8, tmp_path):

@@ -77,6 +77,14 @@ Attention and MLP inputs are RMS-normalised, which divides every feature of a
 token by the same number; every threshold is therefore written relative to the
 ``ONE`` feature so decisions are exact. Rotary embeddings use rope_theta 1e30
 and only head dims of rotary pairs >= 6, which are position independent.
+
+Why one file over the usual ~500 lines: it is the specification of one
+hand-written circuit. The feature-dim constants, the image and question
+generators, the processor and every weight of :func:`make_state_dict` refer to
+each other by those constants, and the files it writes are compared byte for
+byte (``tests/test_demo_model.py``); kept together, a reader checks one
+constant against this docstring, the weights that use it and the ground truth
+without jumping between modules.
 """
 
 from __future__ import annotations

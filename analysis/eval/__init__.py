@@ -4,10 +4,12 @@
   condition) and the on-disk format version;
 * :mod:`analysis.eval.runfolder`: manifest, append-only parts, repair, merge;
 * :mod:`analysis.eval.sharding`: the explicit :class:`Shard` a caller passes in;
-* :mod:`analysis.eval.runner`: what a batch computes, and :func:`evaluate_config`.
+* :mod:`analysis.eval.runner`: what a batch computes;
+* :mod:`analysis.eval.conditions`: the condition grammar parsed into registered specs;
+* :mod:`analysis.eval.run`: :func:`evaluate` (settings: one :class:`analysis.config.EvalConfig`);
+* :mod:`analysis.eval.summary`: :func:`summarize`, from the records only.
 
-The conditions, :func:`analysis.evaluation.evaluate` and the summary live in
-:mod:`analysis.evaluation`, which re-exports these names.
+:mod:`analysis.evaluation` re-exports all of them.
 """
 
 from analysis.eval.errors import EvalError, RunInterrupted

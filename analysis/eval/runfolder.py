@@ -258,17 +258,18 @@ def merge_run(
 
     ``n_boot`` and ``level`` default to those the run's latest session stored.
     """
-    # Imported here: the summary builds on the conditions, which import this module.
-    from analysis.evaluation import summarize
+    # Imported here: the summary reads this module's manifest helpers.
+    from analysis.eval.summary import summarize
 
     run = Path(run_dir).expanduser()
     manifest = read_manifest(run)
-    records = load_records(run)
-    if not records:
+    typed = load_item_records(run)
+    if not typed:
         raise EvalError(f"{run} has no records yet.")
+    records = [record.to_dict() for record in typed]
     settings = manifest.get("summary_settings", {})
     summary = summarize(
-        records,
+        typed,
         manifest,
         n_boot=int(n_boot if n_boot is not None else settings.get("n_boot", N_BOOT)),
         level=float(level if level is not None else settings.get("level", CI_LEVEL)),

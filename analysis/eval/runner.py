@@ -11,7 +11,6 @@ and the head scores s, r and the image-centric fraction.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +18,11 @@ import torch
 from jaxtyping import Float
 
 from analysis.capture import HookFn
-from analysis.config import EvalConfig
 from analysis.generation import answer_logprobs, answer_token_ids, generate, next_token_logprobs
 
 if TYPE_CHECKING:
     from analysis.datasets import Item
-    from analysis.eval.runfolder import EvalResult
-    from analysis.eval.sharding import Shard
     from analysis.loading import LoadedModel
-    from analysis.scoring.readers import BenchItem
     from analysis.tokens import ModelInputs
 
 # Per-item head scores are rounded to this many decimals: readable and small
@@ -129,33 +124,3 @@ def _resolve_dims(
         "source": "registry" if registry_entry(model) is not None else "discovered",
         "calibration": [item.id for item in calibration],
     }
-
-
-# --------------------------------------------------------------------------- entry
-
-
-def evaluate_config(
-    model: LoadedModel,
-    items: Sequence[Item] | Sequence[BenchItem],
-    config: EvalConfig,
-    *,
-    out: str | os.PathLike[str],
-    shard: Shard | None = None,
-    dataset: dict[str, Any] | None = None,
-    show_progress: bool = True,
-    force: bool = False,
-) -> EvalResult:
-    """:func:`analysis.evaluation.evaluate` with its settings as one :class:`EvalConfig`."""
-    # Imported here: the evaluation module builds on this one.
-    from analysis.evaluation import evaluate
-
-    return evaluate(
-        model,
-        items,
-        out=out,
-        shard=shard,
-        dataset=dataset,
-        show_progress=show_progress,
-        force=force,
-        **config.evaluate_kwargs(),
-    )

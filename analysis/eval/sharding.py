@@ -28,7 +28,7 @@ from analysis.eval.runfolder import load_item_records, part_path, repair_part
 
 if TYPE_CHECKING:
     from analysis.datasets import Item
-    from analysis.evaluation import Condition
+    from analysis.eval.conditions import Condition
 
 
 @dataclass(frozen=True)

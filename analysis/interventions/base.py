@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Bool
 
 from analysis.checks import layers_out_of_range
-from analysis.config import MIN_IMAGE_ATTENTION, RHO, SEED, TAU
+from analysis.config import MIN_IMAGE_ATTENTION, RHO, SEED, TAU, VAR_PRESET
 from analysis.errors import UserInputError, VsinkError
 from analysis.sink_math import phi, sink_mask
 
@@ -222,7 +222,7 @@ class ParseContext:
 
     tau: float = TAU
     rho: float = RHO
-    preset: str = "paper"
+    preset: str = VAR_PRESET
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,13 @@ The circuit (every other weight is 0):
   sink layer attend uniformly. Rotary embeddings use rope_theta 1e30 and only
   the head dim :data:`QK` (a rotary pair whose frequency is ~1e-15), so
   scores do not depend on position.
+
+Why one file over the usual ~500 lines: the spec, the weight writer of each
+family, the images and the per-token truth are one construction whose parts
+share the named feature dims above; the truth functions must stay in step with
+the weights they describe, which is easiest to check (and to review) with both
+in view. Adding a planted model is one entry in :data:`ZOO`; adding a family,
+one weight writer and one entry in the builder map.
 """
 
 from __future__ import annotations
