@@ -25,6 +25,7 @@ from jaxtyping import Bool, Float
 from analysis import hooks
 from analysis.attention import ROWS_KEY, row_sparse_hook, rows_selector
 from analysis.capture import HookFn, bind, forward
+from analysis.checks import check_model_layers
 from analysis.config import TAU
 from analysis.errors import UserInputError
 from analysis.interventions.base import SinkTracker
@@ -164,9 +165,8 @@ def attention_maps(
     under an intervention (a knock-out, VAR) when given one.
     """
     views = [(int(layer), None if head is None else int(head)) for layer, head in views]
-    for layer, head in views:
-        if not 0 <= layer < model.n_layers:
-            raise UserInputError(f"Layer {layer} out of range (model has {model.n_layers}).")
+    check_model_layers("Attention maps", [layer for layer, _ in views], model.n_layers)
+    for _, head in views:
         if head is not None and not 0 <= head < model.n_heads:
             raise UserInputError(f"Head {head} out of range (model has {model.n_heads}).")
     if not views:
@@ -304,8 +304,7 @@ def token_states(
     is the visual token with the median phi among non-sinks. ``positions``
     (label -> absolute position) replaces the automatic choice.
     """
-    if not 0 <= layer < model.n_layers:
-        raise UserInputError(f"Layer {layer} out of range (model has {model.n_layers}).")
+    check_model_layers("Received attention", [layer], model.n_layers)
     layout = inputs.layouts[sample]
     store: dict[str, torch.Tensor] = {}
 
