@@ -216,7 +216,6 @@ def test_quiet_block_filters_only_its_own_thread():
     finally:
         library.removeHandler(keep)
         hf_logging.set_verbosity(previous)
-        (hf_logging.enable_progress_bar if bar else hf_logging.disable_progress_bar)()
     assert [r.getMessage() for r in keep.records] == [
         "theirs, shown",
         "an error, shown",
