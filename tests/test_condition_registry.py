@@ -150,3 +150,16 @@ def test_cli_lists_every_registered_kind() -> None:
     assert result.exit_code == 0, result.output
     listed = [line.split(":", 1)[0] for line in result.output.splitlines() if line.strip()]
     assert listed == list(registry.kinds())
+
+
+def test_every_kind_module_of_the_package_is_registered_without_a_list() -> None:
+    """The registry imports every module of analysis/interventions/ but base and registry,
+    so adding a kind is one new file; each such module registers at least one kind."""
+    import pkgutil
+
+    import analysis.interventions as package
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"base", "registry"}
+    assert {m.__name__.rsplit(".", 1)[1] for m in registry.BUILTIN} == modules
+    homes = {spec.__module__.rsplit(".", 1)[1] for spec in registry.kinds().values()}
+    assert homes == modules

@@ -5,7 +5,8 @@
   :class:`~analysis.interventions.base.SinkTracker`, and the
   :class:`~analysis.interventions.base.ConditionSpec` every kind subclasses;
 * :mod:`analysis.interventions.registry`: the condition grammar and the kinds;
-* one file per kind: ``baseline``, ``var``, ``var_ablations``, ``var_text``, ``knockout``.
+* one file per kind (``baseline``, ``var``, ``var_ablations``, ``var_text``, ``knockout``):
+  the registry imports every module of the package, so a new kind is one new file.
 
 Importing this package loads only ``base`` (the hook modules import it); the kinds
 load with the registry.

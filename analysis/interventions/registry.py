@@ -16,12 +16,14 @@ its options. :func:`from_dict` reads a manifest entry back the same way.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
-# The kinds shipped with the toolkit: importing each file registers it.
-from analysis.interventions import baseline, knockout, var, var_ablations, var_text
+import analysis.interventions as _package
 from analysis.interventions.base import (
     _KINDS,
     ConditionError,
@@ -42,7 +44,14 @@ __all__ = [
     "split_specs",
     "summary_lines",
 ]
-BUILTIN = (baseline, knockout, var, var_ablations, var_text)
+# Every other module of the package is one condition kind: importing it registers it,
+# so a new kind is one new file (file-name order is registration order).
+_NOT_KINDS = frozenset({"base", "registry"})
+BUILTIN: tuple[ModuleType, ...] = tuple(
+    importlib.import_module(f"{_package.__name__}.{info.name}")
+    for info in pkgutil.iter_modules(_package.__path__)
+    if info.name not in _NOT_KINDS
+)
 
 
 def kinds() -> dict[str, type[ConditionSpec]]:
