@@ -67,6 +67,8 @@ DIM_MIN_RATIO = 100.0
 DIM_MIN_ABS = 0.0
 #: PNG resolution, times the figure size.
 PNG_SCALE = 2.0
+#: the VAR settings ``vsink sweep`` tries unless ``--grid`` says otherwise.
+SWEEP_GRID = "p=0.2:0.8:0.2,rho=0.5,0.8"
 
 # --------------------------------------------------------------------------- settings objects
 #

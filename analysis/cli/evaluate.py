@@ -51,6 +51,7 @@ from analysis.config import (
     N_CALIBRATION,
     RHO,
     SEED,
+    SWEEP_GRID,
     TAU,
     VAR_PRESET,
 )
@@ -234,7 +235,7 @@ def sweep(
     grid: Annotated[
         str,
         typer.Option(help="VAR settings: p=0.2:0.8:0.2,rho=0.3,0.5,0.8 (ranges inclusive)."),
-    ] = "p=0.2:0.8:0.2,rho=0.5,0.8",
+    ] = SWEEP_GRID,
     base: Annotated[
         str, typer.Option(help="The condition each point extends: var, var-to-text, ...")
     ] = "var",

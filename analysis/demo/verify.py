@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from analysis.config import P
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -104,7 +106,7 @@ def var_post(
     queries: torch.Tensor,
     sinks: torch.Tensor,
     visual_nonsink: torch.Tensor,
-    p: float = 0.6,
+    p: float = P,
 ) -> AttnEdit:
     """VAR (paper section 6): in ``heads`` move the fraction ``p`` of the sink attention
     of each query in ``queries`` to the visual non-sink tokens, in proportion."""

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from analysis.config import MIN_SELECTED_FRACTION
 from analysis.viz.overlays import (
     _aspect,
     _overlay_figure,
@@ -33,7 +34,10 @@ if TYPE_CHECKING:
 
 
 def head_maps(
-    scores: HeadScores, *, min_fraction: float = 0.5, highlight: Sequence[tuple[int, int]] = ()
+    scores: HeadScores,
+    *,
+    min_fraction: float = MIN_SELECTED_FRACTION,
+    highlight: Sequence[tuple[int, int]] = (),
 ) -> go.Figure:
     """Layer x head maps: fraction of text queries where the head is image-centric, and mean r.
 
