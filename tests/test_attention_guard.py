@@ -151,7 +151,9 @@ def test_an_eval_run_refuses_before_its_baseline_runs(tiny_models, tmp_path, mon
     def no_forward(*args, **kwargs):
         raise AssertionError("the run started before refusing")
 
-    monkeypatch.setattr(evaluation, "progress", no_forward)
+    import analysis.eval.run as run
+
+    monkeypatch.setattr(run, "progress", no_forward)
     cached = model.extra.pop(EDITS_KEY, None)
     remove_native_routing(model.bridge)
     try:

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from analysis import cli
+from analysis.errors import UserInputError
 from analysis.tiny import build_tiny_model
 
 UNKNOWN_KEY = "vsink_test_unlisted_key"
@@ -63,7 +64,7 @@ LOADING_COMMANDS = {
 }  # fmt: skip
 
 
-class _StoppedAtLoadError(ValueError):
+class _StoppedAtLoadError(UserInputError):
     """Raised by the recording loader: the command got as far as loading."""
 
 
