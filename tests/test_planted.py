@@ -51,6 +51,7 @@ def test_zoo_covers_the_issue_parameters():
         "llava_onevision",
         "idefics3",
         "qwen2_5_vl",
+        "qwen3_vl",
     }
     assert {len(s.sink_dims) for s in ZOO} == {0, 1, 2, 3}
     assert {s.source for s in ZOO} == {"mlp", "projector"}
@@ -95,3 +96,34 @@ def test_bad_specs_fail_with_one_line(change, message):
         replace(PlantedSpec("bad"), **change)
     assert "\n" not in str(info.value)
     assert str(info.value).startswith("PlantedSpec 'bad': ")
+
+
+def test_qwen3_deepstack_runs_and_adds_nothing():
+    """The planted Qwen3-VL keeps DeepStack in the forward pass, with features exactly 0,
+    while the merged tokens carry the colour flags of their cells."""
+    import torch
+
+    from analysis.testing.planted import OBJ, SINKF, render
+    from analysis.testing.planted_qwen import build_qwen3_vl
+
+    spec = zoo_spec("qwen3_vl_base")
+    model, processor = build_qwen3_vl(spec)
+    board = cell_map(spec, 0)
+    pixels = processor.image_processor(images=[render(spec, board)], return_tensors="pt")
+    with torch.no_grad():
+        out = model.model.get_image_features(pixels["pixel_values"], pixels["image_grid_thw"])
+    assert model.config.vision_config.deepstack_visual_indexes == [0]
+    assert len(out.deepstack_features) == 1
+    assert out.deepstack_features[0][0].shape == (spec.grid**2, spec.d_model)
+    assert not out.deepstack_features[0][0].any()
+    # Merged tokens in raster order: one per cell, the flags 0/1 of the cell class.
+    tokens = out.pooler_output[0]
+    assert torch.allclose(tokens[:, SINKF], torch.as_tensor(board == SINK).flatten().float())
+    assert torch.allclose(tokens[:, OBJ], torch.as_tensor(board == OBJECT).flatten().float())
+
+
+def test_qwen3_refuses_a_bos_sink():
+    from analysis.testing.planted_qwen import build_qwen3_vl
+
+    with pytest.raises(ValueError, match="Qwen has no BOS"):
+        build_qwen3_vl(replace(zoo_spec("qwen3_vl_base"), sinks_on="both"))

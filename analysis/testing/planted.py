@@ -101,7 +101,15 @@ PROMPT = "describe the image ."
 
 BACKGROUND, OBJECT, SINK = 0, 1, 2  # cell classes
 SHADES = {BACKGROUND: (200, 200, 200), OBJECT: (230, 230, 40), SINK: (60, 60, 60)}
-FAMILIES = ("llava", "llava_next", "gemma3", "llava_onevision", "idefics3", "qwen2_5_vl")
+FAMILIES = (
+    "llava",
+    "llava_next",
+    "gemma3",
+    "llava_onevision",
+    "idefics3",
+    "qwen2_5_vl",
+    "qwen3_vl",
+)
 Source = Literal["mlp", "projector"]
 SinksOn = Literal["bos", "visual", "both"]
 
@@ -324,6 +332,17 @@ ZOO: tuple[PlantedSpec, ...] = (
         image_centric_heads=((2, 5), (3, 17)),
         notes="no BOS: visual sinks and the delimiter; mRoPE, 2x2 merged cells",
     ),
+    PlantedSpec(
+        "qwen3_vl_base",
+        family="qwen3_vl",
+        n_heads=8,  # head_dim is explicit (32): 8 heads of 32 on a 1024-wide stream
+        sink_dims=(410, 960),
+        sinks_on="visual",
+        delimiter_sink=True,
+        visual_sink_fraction=0.25,
+        image_centric_heads=((2, 3), (4, 6)),
+        notes="no BOS; per-head q/k norms (keys as directions), DeepStack adding 0",
+    ),
 )
 
 
@@ -351,9 +370,9 @@ def cell_map(spec: PlantedSpec, index: int) -> np.ndarray:
 
 def cell_pixels(spec: PlantedSpec) -> int:
     """Pixels per cell side: one patch (LLaVA), one pooled token (Gemma 3, 2x2 patches), one
-    merged token (Qwen2.5-VL, 2x2 patches) or one Idefics3 global-image token (2x2 tile
+    merged token (Qwen2.5-VL / Qwen3-VL, 2x2 patches) or one Idefics3 global-image token (2x2 tile
     tokens of 2x2 patches each)."""
-    return PATCH * {"gemma3": 2, "qwen2_5_vl": 2, "idefics3": 4}.get(spec.family, 1)
+    return PATCH * {"gemma3": 2, "qwen2_5_vl": 2, "qwen3_vl": 2, "idefics3": 4}.get(spec.family, 1)
 
 
 def visual_copies(spec: PlantedSpec) -> int:
@@ -962,6 +981,12 @@ def _build_qwen2_5_vl(spec: PlantedSpec) -> tuple[Any, Any]:
     return build_qwen2_5_vl(spec)
 
 
+def _build_qwen3_vl(spec: PlantedSpec) -> tuple[Any, Any]:
+    from analysis.testing.planted_qwen import build_qwen3_vl
+
+    return build_qwen3_vl(spec)
+
+
 _BUILDERS = {
     "llava": _build_llava,
     "llava_next": _build_llava,
@@ -969,6 +994,7 @@ _BUILDERS = {
     "llava_onevision": _build_onevision,
     "idefics3": _build_idefics3,
     "qwen2_5_vl": _build_qwen2_5_vl,
+    "qwen3_vl": _build_qwen3_vl,
 }
 
 
