@@ -1,4 +1,5 @@
-"""The planted Qwen2.5-VL: the zoo's circuit (:mod:`analysis.testing.planted`) on Qwen's layout.
+"""The planted Qwen2.5-VL and Qwen3-VL: the zoo's circuit (:mod:`analysis.testing.planted`) on
+Qwen's layout.
 
 The text model is the zoo's LLaMA-style circuit unchanged (Qwen2 layers are
 LLaMA layers plus zero q/k/v biases): the same embeddings, sink MLP, sink and
