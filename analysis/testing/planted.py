@@ -61,6 +61,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -714,7 +715,6 @@ def _llama_weights(
 
 def _clip_projector_weights(plan: _Plan, sd: dict[str, torch.Tensor], rng) -> None:
     """Vision tower: patch-mean colour; projector: detectors -> flags (and the mass)."""
-    spec = plan.spec
     conv = np.zeros((VISION_WIDTH, 3, PATCH, PATCH))
     for c in range(3):
         conv[c, c] = 1.0 / PATCH**2
@@ -722,22 +722,41 @@ def _clip_projector_weights(plan: _Plan, sd: dict[str, torch.Tensor], rng) -> No
     _put(sd, "vision_tower.embeddings.patch_embedding.weight", conv)
     _put(sd, "vision_tower.pre_layrnorm.weight", np.full(VISION_WIDTH, 100.0))
     _put(sd, "vision_tower.post_layernorm.weight", np.full(VISION_WIDTH, 100.0))
+    _detector_projector(plan, sd, rng, gain=_ln_gain)
+
+
+def _detector_projector(
+    plan: _Plan,
+    sd: dict[str, torch.Tensor],
+    rng: np.random.Generator,
+    *,
+    gain: Callable[[np.ndarray], float] = lambda u: 1.0,
+    fc1: str = "multi_modal_projector.linear_1",
+    fc2: str = "multi_modal_projector.linear_2",
+    width: int = VISION_WIDTH,
+    hidden: int | None = None,
+) -> None:
+    """The two-layer projector of every member: a dark and a yellow detector on the
+    patch-mean colour (``fc1``), then the sink / object flags and, with
+    ``source="projector"``, the massive activation (``fc2``). ``gain`` is what the
+    tower's last norm does to a patch of unit colour u (so a detector fires at 1)."""
+    spec = plan.spec
+    hidden = spec.d_model if hidden is None else hidden
     dark_u, yellow_u = _unit_rgb(SHADES[SINK]), _unit_rgb(SHADES[OBJECT])
-    dark_on = DETECTOR_GAIN * _dark(dark_u * _ln_gain(dark_u))
-    yellow_on = DETECTOR_GAIN * _yellow(yellow_u * _ln_gain(yellow_u))
-    l1w = np.zeros((spec.d_model, VISION_WIDTH))
-    l1b = np.zeros(spec.d_model)
+    dark_on = DETECTOR_GAIN * _dark(dark_u * gain(dark_u))
+    yellow_on = DETECTOR_GAIN * _yellow(yellow_u * gain(yellow_u))
+    l1w, l1b = np.zeros((hidden, width)), np.zeros(hidden)
     l1w[0, :3], l1b[0] = DETECTOR_GAIN * DARK_W, DETECTOR_GAIN * DARK_B
     l1w[1, :3], l1b[1] = DETECTOR_GAIN * YELLOW_W, DETECTOR_GAIN * YELLOW_B
-    l2w = np.zeros((spec.d_model, spec.d_model))
+    l2w = np.zeros((spec.d_model, hidden))
     l2w[SINKF, 0] = 1.0 / dark_on
     l2w[OBJ, 1] = 1.0 / yellow_on
     if spec.source == "projector" and spec.visual_sinks:
         l2w[list(spec.sink_dims), 0] = plan.massive / dark_on
-    _put(sd, "multi_modal_projector.linear_1.weight", l1w)
-    _put(sd, "multi_modal_projector.linear_1.bias", l1b)
-    _put(sd, "multi_modal_projector.linear_2.weight", l2w)
-    _put(sd, "multi_modal_projector.linear_2.bias", _visual_base(plan, rng))
+    _put(sd, f"{fc1}.weight", l1w)
+    _put(sd, f"{fc1}.bias", l1b)
+    _put(sd, f"{fc2}.weight", l2w)
+    _put(sd, f"{fc2}.bias", _visual_base(plan, rng))
 
 
 def _build_llava(spec: PlantedSpec) -> tuple[Any, Any]:

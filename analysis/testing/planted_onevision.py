@@ -20,28 +20,16 @@ import numpy as np
 
 from analysis.testing.planted import (
     D_MLP,
-    DARK_B,
-    DARK_W,
-    DETECTOR_GAIN,
     HEAD_DIM,
-    OBJ,
-    OBJECT,
     PATCH,
     ROPE_THETA,
-    SHADES,
-    SINK,
-    SINKF,
     VISION_WIDTH,
-    YELLOW_B,
-    YELLOW_W,
     PlantedSpec,
-    _dark,
+    _detector_projector,
     _llama_weights,
     _Plan,
     _put,
-    _unit_rgb,
     _visual_base,
-    _yellow,
     image_size,
 )
 
@@ -82,27 +70,13 @@ def _siglip_vision(spec: PlantedSpec) -> dict[str, Any]:
 
 def _siglip_projector_weights(plan: _Plan, sd: dict[str, Any], rng: np.random.Generator) -> None:
     """Vision tower: patch-mean colour (the raw patch embedding); projector: detectors -> flags."""
-    spec = plan.spec
     conv = np.zeros((VISION_WIDTH, 3, PATCH, PATCH))
     for c in range(3):
         conv[c, c] = 1.0 / PATCH**2
         conv[3 + c, c] = -1.0 / PATCH**2
     _put(sd, "vision_tower.embeddings.patch_embedding.weight", conv)
-    dark_on = DETECTOR_GAIN * _dark(_unit_rgb(SHADES[SINK]))
-    yellow_on = DETECTOR_GAIN * _yellow(_unit_rgb(SHADES[OBJECT]))
-    l1w = np.zeros((spec.d_model, VISION_WIDTH))
-    l1b = np.zeros(spec.d_model)
-    l1w[0, :3], l1b[0] = DETECTOR_GAIN * DARK_W, DETECTOR_GAIN * DARK_B
-    l1w[1, :3], l1b[1] = DETECTOR_GAIN * YELLOW_W, DETECTOR_GAIN * YELLOW_B
-    l2w = np.zeros((spec.d_model, spec.d_model))
-    l2w[SINKF, 0] = 1.0 / dark_on
-    l2w[OBJ, 1] = 1.0 / yellow_on
-    if spec.source == "projector" and spec.visual_sinks:
-        l2w[list(spec.sink_dims), 0] = plan.massive / dark_on
-    _put(sd, "multi_modal_projector.linear_1.weight", l1w)
-    _put(sd, "multi_modal_projector.linear_1.bias", l1b)
-    _put(sd, "multi_modal_projector.linear_2.weight", l2w)
-    _put(sd, "multi_modal_projector.linear_2.bias", _visual_base(plan, rng))
+    # SigLIP has no norm between the patch mean and the projector: a gain of 1.
+    _detector_projector(plan, sd, rng)
 
 
 def build_onevision(spec: PlantedSpec) -> tuple[Any, Any]:

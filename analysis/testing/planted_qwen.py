@@ -53,29 +53,16 @@ import torch
 from analysis.errors import UserInputError
 from analysis.testing.planted import (
     D_MLP,
-    DARK_B,
-    DARK_W,
-    DETECTOR_GAIN,
     HEAD_DIM,
-    OBJ,
-    OBJECT,
     PATCH,
     ROPE_THETA,
-    SHADES,
-    SINK,
-    SINKF,
     VISION_WIDTH,
-    YELLOW_B,
-    YELLOW_W,
     PlantedSpec,
-    _dark,
+    _detector_projector,
     _gemma_attention,
     _llama_weights,
     _Plan,
     _put,
-    _unit_rgb,
-    _visual_base,
-    _yellow,
     image_size,
 )
 
@@ -127,7 +114,6 @@ def _vision_weights(
     rng: np.random.Generator,
     merger: tuple[str, str, str] = _MERGER_25,
 ) -> None:
-    spec = plan.spec
     norm, fc1, fc2 = merger
     conv = np.zeros((VISION_WIDTH, 3, 2, PATCH, PATCH))  # [out, colour, frame, y, x]
     for c in range(3):
@@ -138,22 +124,8 @@ def _vision_weights(
     constant[CONST[0]], constant[CONST[1]] = 1.0, -1.0
     _put(sd, "visual.blocks.0.attn.proj.bias", constant)  # q, k, v = 0: the output is the bias
     _put(sd, f"{norm}.weight", np.ones(VISION_WIDTH))
-    dark_u, yellow_u = _unit_rgb(SHADES[SINK]), _unit_rgb(SHADES[OBJECT])
-    dark_on = DETECTOR_GAIN * _dark(dark_u * _rms_gain(dark_u))
-    yellow_on = DETECTOR_GAIN * _yellow(yellow_u * _rms_gain(yellow_u))
     width = VISION_WIDTH * MERGE**2
-    l1w, l1b = np.zeros((width, width)), np.zeros(width)
-    l1w[0, :3], l1b[0] = DETECTOR_GAIN * DARK_W, DETECTOR_GAIN * DARK_B
-    l1w[1, :3], l1b[1] = DETECTOR_GAIN * YELLOW_W, DETECTOR_GAIN * YELLOW_B
-    l2w = np.zeros((spec.d_model, width))
-    l2w[SINKF, 0] = 1.0 / dark_on
-    l2w[OBJ, 1] = 1.0 / yellow_on
-    if spec.source == "projector" and spec.visual_sinks:
-        l2w[list(spec.sink_dims), 0] = plan.massive / dark_on
-    _put(sd, f"{fc1}.weight", l1w)
-    _put(sd, f"{fc1}.bias", l1b)
-    _put(sd, f"{fc2}.weight", l2w)
-    _put(sd, f"{fc2}.bias", _visual_base(plan, rng))
+    _detector_projector(plan, sd, rng, gain=_rms_gain, fc1=fc1, fc2=fc2, width=width, hidden=width)
 
 
 def build_qwen2_5_vl(spec: PlantedSpec) -> tuple[Any, Any]:
